@@ -1,0 +1,61 @@
+"""The numbers of Ioffe & Szegedy (2015), arXiv:1502.03167v3, each written once.
+
+Configs read them through the `${paper:NAME}` resolver (bn_repro.config) and the report reads
+them from here. What the paper leaves open is not here: those choices live in configs/ with
+their sources (../shared/paper/SPEC.md, Sec. 3.2).
+"""
+
+from dataclasses import dataclass
+
+# Sec. 4.2: SGD with momentum on mini-batches of 32. One "training step" of Figures 2 and 3
+# is one such update, so 32 images is also our unit of training length ("paper steps").
+BATCH_SIZE = 32
+
+# Sec. 4.2.2: Inception's initial learning rate; BN-x5 and BN-x30 raise it 5x and 30x.
+BASE_LR = 0.0015
+LEARNING_RATES = {
+    "inception": 0.0015,
+    "bn_baseline": 0.0015,  # "Same as Inception with Batch Normalization ..."
+    "bn_x5": 0.0075,
+    "bn_x30": 0.045,
+    "bn_x5_sigmoid": 0.0075,  # "Like BN-x5, but with sigmoid nonlinearity"
+}
+
+# Sec. 4.2.3: the original Inception used dropout with probability 40%.
+DROPOUT = 0.4
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """Sec. 4.2.1 "Accelerating BN Networks", the changes BN-x5, BN-x30 and BN-x5-Sigmoid make."""
+
+    dropout: bool = False  # "Remove Dropout"
+    l2_divisor: float = 5.0  # "Reduce the L2 weight regularization ... by a factor of 5"
+    decay_speedup: float = 6.0  # "Accelerate the learning rate decay ... 6 times faster"
+    lrn: bool = False  # "Remove Local Response Normalization"
+    shuffle: str = "thorough"  # "Shuffle training examples more thoroughly" (within shards)
+    photometric: str = "reduced"  # "Reduce the photometric distortions"
+
+
+SEC_4_2_1 = Acceleration()
+
+# Fig. 3 and Sec. 4.2.2: Inception's maximum single-crop top-1 on the ILSVRC2012 validation
+# set, the accuracy every other network is timed to.
+TARGET_TOP1 = 0.722
+
+
+@dataclass(frozen=True)
+class Figure3Row:
+    label: str  # as printed in Fig. 3
+    experiment: str  # our configs/experiment/ name
+    steps_to_target: float | None  # training steps of 32 images; None: never reached
+    max_top1: float
+
+
+FIGURE_3 = (
+    Figure3Row("Inception", "inception", 31.0e6, 0.722),
+    Figure3Row("BN-Baseline", "bn_baseline", 13.3e6, 0.727),
+    Figure3Row("BN-x5", "bn_x5", 2.1e6, 0.730),
+    Figure3Row("BN-x30", "bn_x30", 2.7e6, 0.748),
+    Figure3Row("BN-x5-Sigmoid", "bn_x5_sigmoid", None, 0.698),
+)
