@@ -1,0 +1,216 @@
+"""Typed schemas of the Hydra tree under configs/, and composing it with clear errors.
+
+Every group file is merged into these dataclasses, so an unknown key, a mistyped key or a
+value of the wrong type fails at composition and names the key. Values live in the YAML
+files (with their sources); the schemas say only what may be there.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from bn_repro import paper
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class Norm(Enum):
+    none = "none"
+    batchnorm = "batchnorm"
+
+
+class Activation(Enum):
+    relu = "relu"
+    sigmoid = "sigmoid"
+
+
+class Stem(Enum):
+    separable = "separable"  # Fig. 5 "convolution*": depthwise 7x7/2, depth multiplier 8, 1x1
+    dense = "dense"  # a plain 7x7/2 convolution, as GoogLeNet and most ports
+
+
+class Photometric(Enum):
+    full = "full"
+    reduced = "reduced"
+    none = "none"
+
+
+class Shuffle(Enum):
+    standard = "standard"
+    thorough = "thorough"
+
+
+class LrScaling(Enum):
+    none = "none"
+    linear = "linear"
+    sqrt = "sqrt"
+
+
+@dataclass
+class ModelConfig:
+    norm: Norm = MISSING
+    activation: Activation = MISSING
+    lrn: bool = MISSING
+    dropout: bool = MISSING
+    stem: Stem = MISSING
+    pool_proj_4cd: int = MISSING
+    aux_heads: bool = MISSING
+    bn_eps: float = MISSING
+    bn_momentum: float = MISSING
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = MISSING
+    lr_multiplier: float = MISSING
+    lr_scaling: LrScaling = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+    l2_divisor: float = MISSING
+    lr_decay_factor: float = MISSING
+    lr_decay_every_paper_steps: float = MISSING
+    decay_speedup: float = MISSING
+
+
+@dataclass
+class DataConfig:
+    num_classes: int = MISSING
+    image_size: int = MISSING
+    photometric: Photometric = MISSING
+    shuffle: Shuffle = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    global_batch: int = MISSING
+
+
+@dataclass
+class RunConfig:
+    name: str = MISSING
+    seed: int = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the message says what and how."""
+
+
+def _paper_value(name: str):
+    value = paper
+    for part in name.split("."):
+        if not hasattr(value, part):
+            raise ConfigError(f"${{paper:{name}}}: bn_repro/paper.py has no '{part}'")
+        value = getattr(value, part)
+    return value
+
+
+OmegaConf.register_new_resolver("paper", _paper_value, replace=True)
+ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The run configuration for these Hydra overrides, validated; ConfigError if it is wrong."""
+    if not CONFIG_DIR.is_dir():
+        raise ConfigError(
+            f"no configs/ folder at {CONFIG_DIR}: install bn-repro from a clone (pip install -e .)"
+        )
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="train", overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(explain(error)) from None
+    if OmegaConf.is_missing(cfg, "name"):
+        raise ConfigError(f"no experiment chosen: add experiment=NAME, one of {experiments()}")
+    validate(cfg)
+    return cfg
+
+
+def explain(error: BaseException) -> str:
+    """Hydra's and OmegaConf's messages down the chain of causes, and the valid keys for an
+    unknown one, without the advice to add keys with + (the schema refuses them anyway)."""
+    lines = []
+    while error is not None:
+        message = str(error).split("\n    full_key:")[0].split("\nConfig search path:")[0]
+        lines += [
+            line
+            for line in message.splitlines()
+            if line.strip() and not line.startswith("To append")
+        ]
+        schema = getattr(error, "object_type", None)
+        if isinstance(error, ConfigAttributeError | ConfigKeyError) and dataclasses.is_dataclass(
+            schema
+        ):
+            lines.append(
+                f"valid keys here: {', '.join(f.name for f in dataclasses.fields(schema))}"
+            )
+        error = error.__cause__
+    return "\n".join(lines)
+
+
+def _undeclared_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]:
+    fields = {f.name: f.type for f in dataclasses.fields(schema)}
+    undeclared = []
+    for key in node:
+        if key not in fields:
+            undeclared.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(fields[key]):
+            undeclared += _undeclared_keys(node[key], fields[key], f"{prefix}{key}.")
+    return undeclared
+
+
+POSITIVE = (
+    "optim.base_lr",
+    "optim.lr_multiplier",
+    "optim.l2_divisor",
+    "optim.lr_decay_every_paper_steps",
+    "optim.decay_speedup",
+    "model.pool_proj_4cd",
+    "model.bn_eps",
+    "data.num_classes",
+    "data.image_size",
+    "trainer.global_batch",
+)
+NON_NEGATIVE = ("optim.weight_decay",)
+FRACTIONS = ("optim.momentum", "optim.lr_decay_factor", "model.bn_momentum")
+
+
+def validate(cfg: DictConfig) -> None:
+    """What the schema's types cannot express: keys added with +, and ranges."""
+    undeclared = _undeclared_keys(cfg, RunConfig)
+    if undeclared:
+        raise ConfigError(
+            f"unknown config keys {undeclared}: check their spelling against"
+            " `bn-repro describe experiment=NAME --cfg`"
+        )
+    for key in POSITIVE + NON_NEGATIVE + FRACTIONS:
+        value = OmegaConf.select(cfg, key)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        if key in POSITIVE and value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+        if key in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{key} must be zero or more, got {value}")
+        if key in FRACTIONS and not 0 <= value <= 1:
+            raise ConfigError(f"{key} must lie in [0, 1], got {value}")
+
+
+def to_object(cfg: DictConfig) -> RunConfig:
+    return OmegaConf.to_object(cfg)

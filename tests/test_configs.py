@@ -1,0 +1,111 @@
+"""Every experiment composes, and each differs from its neighbour in the keys the paper names."""
+
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from bn_repro import paper
+from bn_repro.config import ConfigError, LrScaling, compose, experiments
+from bn_repro.hparams import effective_hparams, lr_scale
+from tests.helpers import run_config
+
+SEC_4_2_1_KEYS = {
+    "model.dropout",
+    "model.lrn",
+    "optim.l2_divisor",
+    "optim.decay_speedup",
+    "data.photometric",
+    "data.shuffle",
+}
+PAPER_DIFFS = [
+    ("inception", "bn_baseline", {"model.norm"}),
+    ("bn_baseline", "bn_x5", SEC_4_2_1_KEYS | {"optim.lr_multiplier"}),
+    ("bn_x5", "bn_x30", {"optim.lr_multiplier"}),
+    ("bn_x5", "bn_x5_sigmoid", {"model.activation"}),
+    ("inception", "inception_sigmoid", {"model.activation"}),
+]
+
+
+def flat(experiment: str) -> dict:
+    container = OmegaConf.to_container(compose([f"experiment={experiment}"]), resolve=True)
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return dict(walk(container))
+
+
+def test_the_six_experiments_exist():
+    assert experiments() == sorted(
+        ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid"]
+    )
+
+
+@pytest.mark.parametrize("experiment", experiments())
+def test_every_experiment_composes_under_its_own_name(experiment):
+    assert run_config(experiment).name == experiment
+
+
+@pytest.mark.parametrize("before, after, keys", PAPER_DIFFS)
+def test_variants_differ_in_exactly_the_keys_the_paper_names(before, after, keys):
+    a, b = flat(before), flat(after)
+    assert a.keys() == b.keys()
+    differing = {key for key in a if a[key] != b[key]} - {"name"}
+    assert differing == keys
+
+
+@pytest.mark.parametrize("experiment", sorted(paper.LEARNING_RATES))
+def test_effective_learning_rate_is_the_papers(experiment):
+    assert effective_hparams(run_config(experiment)).lr == pytest.approx(
+        paper.LEARNING_RATES[experiment]
+    )
+
+
+def test_section_4_2_1_factors_reach_the_effective_hyperparameters():
+    baseline = effective_hparams(run_config("bn_baseline"))
+    fast = effective_hparams(run_config("bn_x5"))
+    assert fast.weight_decay == pytest.approx(baseline.weight_decay / 5)
+    assert fast.lr_decay_every_paper_steps == pytest.approx(baseline.lr_decay_every_paper_steps / 6)
+    assert (baseline.dropout, fast.dropout) == (0.4, 0.0)
+    assert (baseline.lrn, fast.lrn) == (True, False)
+    assert (baseline.photometric, fast.photometric) == ("full", "reduced")
+    assert (baseline.shuffle, fast.shuffle) == ("standard", "thorough")
+
+
+@pytest.mark.parametrize("rule, factor", [("none", 1.0), ("linear", 8.0), ("sqrt", math.sqrt(8))])
+def test_learning_rate_scales_from_the_papers_batch_to_the_global_batch(rule, factor):
+    hp = effective_hparams(
+        run_config("bn_x30", "trainer.global_batch=256", f"optim.lr_scaling={rule}")
+    )
+    assert hp.lr == pytest.approx(paper.LEARNING_RATES["bn_x30"] * factor)
+    assert lr_scale(LrScaling(rule), paper.BATCH_SIZE) == 1.0
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["experiment=bn_x7"], "Could not find 'experiment/bn_x7'"),
+        (["experiment=bn_x5", "optim.lr_multiplyer=5"], "valid keys here: base_lr, lr_multiplier"),
+        (
+            ["experiment=bn_x5", "+optim.lr_multiplyer=5"],
+            "unknown config keys ['optim.lr_multiplyer']",
+        ),
+        (["experiment=bn_x5", "modle.norm=none"], "Key 'modle' not in 'RunConfig'"),
+        (["experiment=bn_x5", "model.norm=layernorm"], "expected one of [none, batchnorm]"),
+        (["experiment=bn_x5", "model.lrn=maybe"], "'maybe' is not a valid bool"),
+        (["experiment=bn_x5", "optim.base_lr=-0.1"], "optim.base_lr must be positive, got -0.1"),
+        (["experiment=bn_x5", "optim.momentum=1.5"], "optim.momentum must lie in [0, 1]"),
+        (["experiment=bn_x5", "optim.lr_multiplier=nan"], "must be a finite number"),
+        (["experiment=bn_x5", "model.norm"], "Error parsing override 'model.norm'"),
+        ([], "no experiment chosen: add experiment=NAME"),
+    ],
+)
+def test_user_errors_say_what_to_fix(overrides, expected):
+    with pytest.raises(ConfigError) as error:
+        compose(overrides)
+    assert expected in str(error.value)
