@@ -1,0 +1,59 @@
+"""Algorithm 2: BN inference statistics averaged over training mini-batches, unbiased variance."""
+
+import pytest
+import torch
+from torch import nn
+
+from bn_repro.models.population_stats import recompute_population_stats
+from tests.helpers import model_of
+
+
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def test_recomputed_statistics_match_a_hand_computation_of_algorithm_2():
+    torch.manual_seed(0)
+    model = model_of("bn_x5", "model.aux_heads=true", num_classes=10).eval()
+    inputs = {bn: [] for bn in batchnorms(model)}
+    for bn in inputs:
+        bn.register_forward_pre_hook(lambda module, args: inputs[module].append(args[0].clone()))
+    batches = [torch.randn(4, 3, 64, 64) * 2 + 1 for _ in range(3)]
+
+    assert recompute_population_stats(model, iter(batches), num_batches=3) == 3
+
+    for bn, seen in inputs.items():
+        assert len(seen) == 3
+        dims = [0] + list(range(2, seen[0].dim()))  # over the batch and every position
+        m = seen[0].numel() // seen[0].shape[1]  # m' = m * p * q values per feature map
+        means = torch.stack([x.mean(dims) for x in seen])
+        variances = torch.stack([x.var(dims, unbiased=False) for x in seen])  # sigma^2_B
+        torch.testing.assert_close(bn.running_mean, means.mean(0), rtol=1e-4, atol=1e-5)
+        expected_var = m / (m - 1) * variances.mean(0)  # Var[x] = m/(m-1) E_B[sigma^2_B]
+        torch.testing.assert_close(bn.running_var, expected_var, rtol=1e-4, atol=1e-5)
+    assert not model.training
+    assert all(bn.momentum == 0.1 for bn in batchnorms(model))
+
+
+def test_only_the_requested_number_of_batches_is_used():
+    model = model_of("bn_x5", num_classes=10)
+    batches = (torch.randn(2, 3, 32, 32) for _ in range(10))
+    assert recompute_population_stats(model, batches, num_batches=4) == 4
+    assert all(bn.num_batches_tracked == 4 for bn in batchnorms(model))
+
+
+def test_without_batches_the_previous_statistics_are_kept():
+    model = model_of("bn_x5", num_classes=10).train()
+    model(torch.randn(2, 3, 32, 32))
+    before = [bn.running_var.clone() for bn in batchnorms(model)]
+    with pytest.raises(ValueError, match="no batches"):
+        recompute_population_stats(model, iter([]), num_batches=5)
+    for bn, var in zip(batchnorms(model), before, strict=True):
+        torch.testing.assert_close(bn.running_var, var)
+        assert bn.momentum == 0.1
+    assert model.training
+
+
+def test_networks_without_bn_are_left_alone():
+    model = model_of("inception", num_classes=10)
+    assert recompute_population_stats(model, iter([torch.randn(2, 3, 32, 32)]), 1) == 0
