@@ -1,0 +1,44 @@
+"""The `bn-repro` command."""
+
+import argparse
+import sys
+
+from omegaconf import OmegaConf
+
+from bn_repro.config import ConfigError, compose, to_object
+from bn_repro.describe import describe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bn-repro",
+        description="Reproduce the ImageNet experiments of Ioffe & Szegedy (2015).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    describe_parser = commands.add_parser(
+        "describe",
+        help="print an experiment's effective hyperparameters and layer table",
+        description="Print the effective hyperparameters and the layer table of an experiment,"
+        " ending with its parameter and multiply-add counts.",
+    )
+    describe_parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Hydra overrides, e.g. experiment=bn_x5 model.stem=dense",
+    )
+    describe_parser.add_argument(
+        "--cfg", action="store_true", help="print the composed config as YAML instead"
+    )
+    args = parser.parse_args(argv)
+    try:
+        cfg = compose(args.overrides)
+        print(OmegaConf.to_yaml(cfg) if args.cfg else describe(to_object(cfg)))
+    except ConfigError as error:
+        print(f"bn-repro {args.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""`bn-repro describe`: what an experiment will train, in numbers a reader can check."""
+
+from bn_repro.config import RunConfig
+from bn_repro.hparams import effective_hparams
+from bn_repro.models import build_model
+from bn_repro.models.summary import layer_table
+
+
+def describe(cfg: RunConfig) -> str:
+    hp = effective_hparams(cfg)
+    optim, model_cfg = cfg.optim, cfg.model
+    lines = [
+        f"experiment: {cfg.name}",
+        f"effective hyperparameters (global batch {hp.global_batch} images per step):",
+        f"  learning rate   {hp.lr:.6g} = {optim.base_lr:g} x {optim.lr_multiplier:g} (multiplier)"
+        f" x {hp.lr_scale:g} ({optim.lr_scaling.value} scaling from the paper's batch)",
+        f"  momentum        {hp.momentum:g}",
+        f"  weight decay    {hp.weight_decay:.6g} = {optim.weight_decay:g} / {optim.l2_divisor:g}",
+        f"  lr decay        x{hp.lr_decay_factor:g} every {hp.lr_decay_every_paper_steps:,.1f}"
+        f" paper steps (= {optim.lr_decay_every_paper_steps:,.0f} / {optim.decay_speedup:g})",
+        f"  dropout         {hp.dropout:g}",
+        f"  LRN             {'on' if hp.lrn else 'off'}",
+        f"  normalization   {hp.norm}",
+        f"  nonlinearity    {hp.activation}",
+        f"  photometric     {hp.photometric}",
+        f"  shuffle         {hp.shuffle}",
+        f"model: Inception (Fig. 5), {model_cfg.stem.value} first convolution, 4c/4d pool"
+        f" projections {model_cfg.pool_proj_4cd}, auxiliary heads"
+        f" {'on' if model_cfg.aux_heads else 'off'}",
+    ]
+    model = build_model(model_cfg, cfg.data.num_classes)
+    rows = layer_table(model, cfg.data.image_size)
+    size = cfg.data.image_size
+    lines.append(f"layers for one 3x{size}x{size} image, {cfg.data.num_classes} classes:")
+    lines.append(f"  {'layer':<14}{'type':<26}{'output':>12}{'params':>12}{'multiply-adds':>16}")
+    for row in rows:
+        shape = "x".join(map(str, row.output_shape))
+        lines.append(
+            f"  {row.name:<14}{row.kind:<26}{shape:>12}{row.params:>12,}{row.multiply_adds:>16,}"
+        )
+    inference_macs = sum(row.multiply_adds for row in rows if row.inference)
+    lines.append(f"parameters: {sum(p.numel() for p in model.parameters())}")
+    lines.append(f"multiply-adds: {inference_macs}")
+    return "\n".join(lines)

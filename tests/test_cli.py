@@ -1,0 +1,55 @@
+"""The `bn-repro` command as a user runs it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bn_repro.cli import main
+
+BN_REPRO = Path(sys.executable).with_name("bn-repro")  # the installed console script
+
+
+def test_describe_prints_hyperparameters_and_ends_with_the_counts():
+    result = subprocess.run(
+        [BN_REPRO, "describe", "experiment=bn_x5"], capture_output=True, text=True, check=True
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == "experiment: bn_x5"
+    assert any(line.split()[:3] == ["learning", "rate", "0.0075"] for line in lines)
+    assert any(line.split()[:3] == ["weight", "decay", "4e-05"] for line in lines)
+    assert any("53,333.3 paper steps" in line for line in lines)
+    assert lines[-2] == "parameters: 11278528"
+    name, macs = lines[-1].split(": ")
+    assert name == "multiply-adds" and int(macs) == pytest.approx(1.95e9, rel=0.005)
+
+
+def test_describe_shows_the_scaled_learning_rate(capsys):
+    assert main(["describe", "experiment=bn_x30", "trainer.global_batch=1024"]) == 0
+    rate = next(line for line in capsys.readouterr().out.splitlines() if "learning rate" in line)
+    assert rate.split()[2] == "1.44"  # 0.045 x 1024/32
+
+
+def test_describe_cfg_prints_the_resolved_config(capsys):
+    assert main(["describe", "experiment=bn_x5", "--cfg"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["name"] == "bn_x5"
+    assert cfg["optim"]["l2_divisor"] == 5.0 and cfg["model"]["norm"] == "batchnorm"
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["experiment=bn_x7"], "Could not find 'experiment/bn_x7'"),
+        (["experiment=bn_x5", "optim.lr_multiplyer=5"], "Key 'lr_multiplyer' not in 'OptimConfig'"),
+        (["experiment=bn_x5", "optim.base_lr=-0.0015"], "optim.base_lr must be positive"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message_not_a_traceback(overrides, expected):
+    result = subprocess.run([BN_REPRO, "describe", *overrides], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("bn-repro describe: ")
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
