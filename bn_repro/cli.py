@@ -38,7 +38,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bn-repro {args.command}: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -97,7 +97,6 @@ class TrainerConfig:
 @dataclass
 class RunConfig:
     name: str = MISSING
-    seed: int = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,5 +1,0 @@
-import sys
-
-from bn_repro.cli import main
-
-sys.exit(main())
