@@ -55,6 +55,23 @@ class LrScaling(Enum):
     sqrt = "sqrt"
 
 
+class DataKind(Enum):
+    synthetic = "synthetic"
+    imagenet = "imagenet"
+
+
+class Device(Enum):
+    auto = "auto"  # CUDA when there is one
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(Enum):
+    auto = "auto"  # bf16 autocast on CUDA, fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 @dataclass
 class ModelConfig:
     norm: Norm = MISSING
@@ -78,25 +95,51 @@ class OptimConfig:
     l2_divisor: float = MISSING
     lr_decay_factor: float = MISSING
     lr_decay_every_paper_steps: float = MISSING
+    lr_decay_staircase: bool = MISSING
     decay_speedup: float = MISSING
+    warmup_paper_steps: float = MISSING
+
+
+@dataclass
+class SyntheticConfig:
+    train_size: int = MISSING
+    val_size: int = MISSING
+    noise: float = MISSING
 
 
 @dataclass
 class DataConfig:
+    kind: DataKind = MISSING
     num_classes: int = MISSING
     image_size: int = MISSING
     photometric: Photometric = MISSING
     shuffle: Shuffle = MISSING
+    target_top1: float | None = MISSING
+    synthetic: SyntheticConfig | None = None
 
 
 @dataclass
 class TrainerConfig:
     global_batch: int = MISSING
+    max_paper_steps: float = MISSING
+    eval_every_paper_steps: float = MISSING
+    log_every_paper_steps: float = MISSING
+    checkpoint_every_paper_steps: float = MISSING
+    checkpoint_every_minutes: float = MISSING
+    keep_checkpoints: int = MISSING
+    control_every_steps: int = MISSING
+    device: Device = MISSING
+    precision: Precision = MISSING
+    channels_last: bool | None = MISSING
+    compile: str | None = MISSING
+    deterministic: bool = MISSING
 
 
 @dataclass
 class RunConfig:
     name: str = MISSING
+    seed: int = MISSING
+    run_dir: str = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -136,8 +179,6 @@ def compose(overrides: list[str]) -> DictConfig:
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(explain(error)) from None
-    if OmegaConf.is_missing(cfg, "name"):
-        raise ConfigError(f"no experiment chosen: add experiment=NAME, one of {experiments()}")
     validate(cfg)
     return cfg
 
@@ -176,6 +217,13 @@ def _undeclared_keys(node: DictConfig, schema: type, prefix: str = "") -> list[s
 
 
 POSITIVE = (
+    "trainer.max_paper_steps",
+    "trainer.eval_every_paper_steps",
+    "trainer.log_every_paper_steps",
+    "trainer.checkpoint_every_paper_steps",
+    "trainer.checkpoint_every_minutes",
+    "trainer.keep_checkpoints",
+    "trainer.control_every_steps",
     "optim.base_lr",
     "optim.lr_multiplier",
     "optim.l2_divisor",
@@ -187,12 +235,14 @@ POSITIVE = (
     "data.image_size",
     "trainer.global_batch",
 )
-NON_NEGATIVE = ("optim.weight_decay",)
+NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_paper_steps")
 FRACTIONS = ("optim.momentum", "optim.lr_decay_factor", "model.bn_momentum")
 
 
 def validate(cfg: DictConfig) -> None:
     """What the schema's types cannot express: keys added with +, and ranges."""
+    if OmegaConf.is_missing(cfg, "name"):
+        raise ConfigError(f"no experiment chosen: add experiment=NAME, one of {experiments()}")
     undeclared = _undeclared_keys(cfg, RunConfig)
     if undeclared:
         raise ConfigError(
@@ -209,6 +259,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be zero or more, got {value}")
         if key in FRACTIONS and not 0 <= value <= 1:
             raise ConfigError(f"{key} must lie in [0, 1], got {value}")
+    if cfg.data.kind == DataKind.synthetic and cfg.data.synthetic is None:
+        raise ConfigError("data.kind=synthetic needs a data.synthetic section: use data=synthetic")
 
 
 def to_object(cfg: DictConfig) -> RunConfig:

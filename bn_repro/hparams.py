@@ -16,6 +16,8 @@ class EffectiveHparams:
     weight_decay: float  # L2 weight, on convolution and linear weights only
     lr_decay_factor: float
     lr_decay_every_paper_steps: float  # one paper step = paper.BATCH_SIZE images
+    lr_decay_staircase: bool
+    warmup_paper_steps: float
     dropout: float  # probability before the classifier; 0 when there is none
     lrn: bool
     norm: str
@@ -40,6 +42,8 @@ def effective_hparams(cfg: RunConfig) -> EffectiveHparams:
         weight_decay=optim.weight_decay / optim.l2_divisor,
         lr_decay_factor=optim.lr_decay_factor,
         lr_decay_every_paper_steps=optim.lr_decay_every_paper_steps / optim.decay_speedup,
+        lr_decay_staircase=optim.lr_decay_staircase,
+        warmup_paper_steps=optim.warmup_paper_steps,
         dropout=paper.DROPOUT if cfg.model.dropout else 0.0,
         lrn=cfg.model.lrn,
         norm=cfg.model.norm.value,

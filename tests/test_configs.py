@@ -55,7 +55,8 @@ def test_every_experiment_composes_under_its_own_name(experiment):
 def test_variants_differ_in_exactly_the_keys_the_paper_names(before, after, keys):
     a, b = flat(before), flat(after)
     assert a.keys() == b.keys()
-    differing = {key for key in a if a[key] != b[key]} - {"name"}
+    # the label, and the run directory named after it, differ everywhere
+    differing = {key for key in a if a[key] != b[key]} - {"name", "run_dir"}
     assert differing == keys
 
 

@@ -51,6 +51,7 @@ FIGURE_5 = (
 LRN = dict(size=5, alpha=1e-4, beta=0.75)  # BVLC GoogLeNet: after pool1 and after conv2
 AUX_AFTER = ("4a", "4d")  # Sec. 5: auxiliary classifiers on the outputs of 4a and 4d
 AUX_DROPOUT = 0.7  # Sec. 5: dropout with a 70% ratio in the auxiliary heads
+AUX_WEIGHT = 0.3  # Sec. 5: their losses are added to the total with a discount weight of 0.3
 
 
 class InceptionModule(nn.Module):

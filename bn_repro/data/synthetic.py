@@ -1,0 +1,67 @@
+"""data=synthetic: learnable, seeded images made in memory, with the loaders' interface."""
+
+from collections.abc import Iterator
+
+import torch
+from torch.nn import functional as F
+
+from bn_repro.config import ConfigError, DataConfig
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class SyntheticData:
+    """Each class is a smooth random colour pattern; an image is its class's pattern plus noise.
+
+    Every rank makes the same images from the run's seed. An epoch is one permutation of the
+    training set, cut into global batches; rank r takes the r-th slice of each, so two ranks of
+    b images step through exactly the batches that one process of 2b would.
+    """
+
+    def __init__(self, cfg: DataConfig, seed: int, rank: int, world_size: int, batch: int):
+        if cfg.synthetic is None:
+            raise ConfigError(
+                "data.kind=synthetic needs a data.synthetic section: use data=synthetic"
+            )
+        self.seed, self.rank, self.world_size, self.batch = seed, rank, world_size, batch
+        generator = torch.Generator().manual_seed(seed)
+        size, classes = cfg.image_size, cfg.num_classes
+        patterns = F.interpolate(
+            torch.randn(classes, 3, 4, 4, generator=generator), size=(size, size), mode="bilinear"
+        )
+
+        def make(count: int) -> Batch:
+            labels = torch.randint(classes, (count,), generator=generator)
+            noise = torch.randn(count, 3, size, size, generator=generator)
+            return patterns[labels] + cfg.synthetic.noise * noise, labels
+
+        self.train_images, self.train_labels = make(cfg.synthetic.train_size)
+        self.val_images, self.val_labels = make(cfg.synthetic.val_size)
+        self.batches_per_epoch = cfg.synthetic.train_size // (batch * world_size)
+        if self.batches_per_epoch == 0:
+            raise ConfigError(
+                f"data.synthetic.train_size={cfg.synthetic.train_size} holds no global batch of"
+                f" {batch * world_size}: make it larger"
+            )
+
+    @property
+    def val_size(self) -> int:
+        return len(self.val_labels)
+
+    def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        order = torch.randperm(
+            len(self.train_labels),
+            generator=torch.Generator().manual_seed(self.seed + 7919 * epoch),
+        )
+        global_batch = self.batch * self.world_size
+        for index in range(start_batch, self.batches_per_epoch):
+            first = index * global_batch + self.rank * self.batch
+            chosen = order[first : first + self.batch]
+            yield self.train_images[chosen], self.train_labels[chosen]
+
+    def val_batches(self) -> Iterator[Batch]:
+        """This rank's share of the validation set: every image on exactly one rank, the last
+        batch partial, possibly none at all on a rank."""
+        mine = torch.arange(self.rank, self.val_size, self.world_size)
+        for chosen in mine.split(self.batch):
+            yield self.val_images[chosen], self.val_labels[chosen]

@@ -1,0 +1,129 @@
+"""One distributed set-up for every launcher: a plain process, torchrun, srun and submitit.
+
+A single process is the same code with world size 1. NCCL on GPUs, gloo on CPU.
+"""
+
+import os
+import socket
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bn_repro.config import ConfigError, Device
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    launcher: str  # single | torchrun | slurm
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str
+
+
+def launch_env(environ: Mapping[str, str]) -> LaunchEnv:
+    """Where this process stands, from torchrun's variables, SLURM's (srun, and the submitit
+    tasks srun starts), or neither (a plain process: world size 1)."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return LaunchEnv(
+            int(environ["RANK"]),
+            int(environ["WORLD_SIZE"]),
+            int(environ.get("LOCAL_RANK", 0)),
+            environ["MASTER_ADDR"],
+            int(environ["MASTER_PORT"]),
+            "torchrun",
+        )
+    # SLURM_STEP_NUM_TASKS exists only inside an srun step, so a batch script that runs the
+    # trainer without srun is one process, not rank 0 of a group that never comes.
+    if int(environ.get("SLURM_STEP_NUM_TASKS", 1)) > 1:
+        job = int(environ["SLURM_JOB_ID"])
+        return LaunchEnv(
+            int(environ["SLURM_PROCID"]),
+            int(environ["SLURM_STEP_NUM_TASKS"]),
+            int(environ["SLURM_LOCALID"]),
+            environ.get("MASTER_ADDR") or _first_host(environ["SLURM_STEP_NODELIST"]),
+            int(environ.get("MASTER_PORT") or 20000 + job % 20000),  # the same after a requeue
+            "slurm",
+        )
+    return LaunchEnv(0, 1, 0, "127.0.0.1", _free_port(), "single")
+
+
+def _first_host(nodelist: str) -> str:
+    hosts = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+    )
+    return hosts.stdout.split()[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def pick_device(choice: Device, local_rank: int) -> torch.device:
+    if choice is Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible: use device=auto")
+    if choice is Device.cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+@contextmanager
+def distributed(choice: Device) -> Iterator[Dist]:
+    env = launch_env(os.environ)
+    device = pick_device(choice, env.local_rank)
+    # env:// for every launcher: torchrun's agent already serves the store at MASTER_PORT.
+    os.environ.update(
+        MASTER_ADDR=env.master_addr,
+        MASTER_PORT=str(env.master_port),
+        RANK=str(env.rank),
+        WORLD_SIZE=str(env.world_size),
+        LOCAL_RANK=str(env.local_rank),
+    )
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method="env://")
+    try:
+        yield Dist(env.rank, env.world_size, env.local_rank, device, env.launcher)
+    finally:
+        dist.destroy_process_group()
+
+
+def all_reduce(values: list[float], device: torch.device, op=dist.ReduceOp.SUM) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
+
+
+@torch.no_grad()
+def average_bn_statistics(model: nn.Module, world_size: int) -> None:
+    """Each rank normalizes over its own batch and keeps its own running statistics (DDP with
+    broadcast_buffers=False); before evaluating or saving, they are averaged over ranks."""
+    if world_size == 1:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buffer in (module.running_mean, module.running_var):
+                dist.all_reduce(buffer)
+                buffer /= world_size

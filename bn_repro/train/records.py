@@ -1,0 +1,95 @@
+"""What a run leaves behind: metrics.jsonl (the source of truth), TensorBoard scalars of the same
+numbers, summary.json and the run's set-up files. Only rank 0 writes; other ranks hold a
+disabled Records."""
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("step", "images_seen", "paper_steps", "epoch")
+
+
+def write_json(path: Path, data) -> None:
+    """Atomically: a reader never sees half a file."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of metrics.jsonl; a line cut short by a killed process is dropped."""
+    path = run_dir / "metrics.jsonl"
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("dropping an incomplete line of %s", path)
+    return records
+
+
+class Records:
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool):
+        self.run_dir, self.enabled = run_dir, enabled
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # A resumed run repeats the steps after its checkpoint: drop what was logged for them.
+        kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
+        temporary = run_dir / "metrics.jsonl.tmp"
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(temporary, run_dir / "metrics.jsonl")
+        self.metrics = (run_dir / "metrics.jsonl").open("a")
+        # purge_step hides the events a killed run wrote after the checkpoint.
+        self.tensorboard = SummaryWriter(
+            run_dir / "tensorboard", purge_step=tensorboard_step(kept[-1]) + 1 if kept else None
+        )
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        step = tensorboard_step(record)
+        for key, value in record.items():
+            if key not in COUNTERS and key != "kind":
+                self.tensorboard.add_scalar(f"{record['kind']}/{key}", value, step)
+        self.tensorboard.flush()
+
+    def write_file(self, name: str, data) -> None:
+        if self.enabled:
+            write_json(self.run_dir / name, data)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.metrics.close()
+            self.tensorboard.close()
+
+
+def tensorboard_step(record: dict) -> int:
+    # TensorBoard's x axis in the paper's unit, as Fig. 2's.
+    return int(record["paper_steps"])
+
+
+def setup_logging(run_dir: Path, rank: int) -> None:
+    """Rank 0 logs progress to stderr and run_dir/train.log; other ranks only their warnings."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)

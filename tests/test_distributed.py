@@ -1,0 +1,43 @@
+"""Where a process stands, from the variables of each launcher."""
+
+from bn_repro.train.distributed import launch_env
+
+
+def test_torchrun():
+    env = launch_env(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "n1",
+            "MASTER_PORT": "29500",
+        }
+    )
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == (
+        3,
+        8,
+        1,
+        "n1",
+        29500,
+    )
+    assert env.launcher == "torchrun"
+
+
+def test_srun_and_submitit_tasks():
+    env = launch_env(
+        {
+            "SLURM_STEP_NUM_TASKS": "4",
+            "SLURM_PROCID": "2",
+            "SLURM_LOCALID": "0",
+            "SLURM_JOB_ID": "1234",
+            "SLURM_STEP_NODELIST": "n[1-2]",
+            "MASTER_ADDR": "n1",
+        }
+    )
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr) == (2, 4, 0, "n1")
+    assert env.master_port == 20000 + 1234 and env.launcher == "slurm"
+
+
+def test_a_batch_script_without_srun_is_one_process():
+    env = launch_env({"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_ID": "7"})
+    assert (env.rank, env.world_size, env.launcher) == (0, 1, "single")
