@@ -15,6 +15,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Reproduce the ImageNet experiments of Ioffe & Szegedy (2015).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "train",
+        add_help=False,
+        help="train an experiment: bn-repro train experiment=NAME [overrides] (Hydra's --help,"
+        " -m for sweeps)",
+    )
     describe_parser = commands.add_parser(
         "describe",
         help="print an experiment's effective hyperparameters and layer table",
@@ -30,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     describe_parser.add_argument(
         "--cfg", action="store_true", help="print the composed config as YAML instead"
     )
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # Hydra parses the rest itself: overrides, -m, --cfg, --help
+        return train(argv[1:])
     args = parser.parse_args(argv)
     try:
         cfg = compose(args.overrides)
@@ -37,4 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"bn-repro {args.command}: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def train(overrides: list[str]) -> int:
+    from bn_repro.train.main import hydra_main  # torch.distributed and friends, only to train
+
+    sys.argv = ["bn-repro train", *overrides]
+    hydra_main()
     return 0

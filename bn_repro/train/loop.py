@@ -1,0 +1,349 @@
+"""The training loop: optimizer steps, exact evaluation, records and checkpoints, counted in the
+paper's steps of paper.BATCH_SIZE images. It never sees the config: train() passes objects."""
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed import ReduceOp
+from torch.nn import functional as F
+
+from bn_repro import paper
+from bn_repro.data.synthetic import SyntheticData
+from bn_repro.hparams import EffectiveHparams
+from bn_repro.models.inception import AUX_WEIGHT
+from bn_repro.train import checkpoint
+from bn_repro.train.distributed import Dist, all_reduce, average_bn_statistics
+from bn_repro.train.records import Records
+from bn_repro.train.schedule import lr_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Where a run stands: plain data, saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps of global_batch images
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    max_top1: float | None = None
+    top5_at_max_top1: float | None = None
+    paper_steps_at_max_top1: float | None = None
+    steps_to_target: float | None = None  # paper steps of the first evaluation >= the target
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The run's length and intervals; every interval is in paper steps."""
+
+    global_batch: int
+    max_paper_steps: float
+    eval_every: float
+    log_every: float
+    checkpoint_every: float
+    checkpoint_every_minutes: float
+    keep_checkpoints: int
+    control_every_steps: int
+    target_top1: float | None
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.max_paper_steps * paper.BATCH_SIZE / self.global_batch)
+
+    def paper_steps(self, step: int) -> float:
+        return step * self.global_batch / paper.BATCH_SIZE
+
+    def crosses(self, step: int, every: float) -> bool:
+        """Whether this step passed a multiple of `every` paper steps."""
+        return self.paper_steps(step) // every > self.paper_steps(step - 1) // every
+
+    def counters(self, progress: Progress) -> dict:
+        return {
+            "step": progress.step,
+            "images_seen": progress.step * self.global_batch,
+            "paper_steps": self.paper_steps(progress.step),
+            "epoch": progress.epoch,
+        }
+
+
+@dataclass(frozen=True)
+class Compute:
+    """How a step runs on this device: autocast dtype (None: fp32) and memory format."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return images.to(self.device, non_blocking=True, memory_format=memory_format)
+
+
+@dataclass
+class Trainer:
+    model: nn.Module  # unwrapped: evaluated and saved as it is
+    forward: nn.Module  # the DDP wrapper (compiled, when asked): trains
+    optimizer: torch.optim.Optimizer
+    data: SyntheticData
+    hp: EffectiveHparams
+    plan: Plan
+    compute: Compute
+    dist: Dist
+    records: Records
+    run_dir: Path
+    checkpoint_extra: dict  # saved with every checkpoint (the resolved config)
+    stop_signal: list = field(default_factory=list)  # filled by stop_on_signals
+    window: "Window" = field(init=False)
+    last_checkpoint: float = field(init=False)
+
+    def fit(self, progress: Progress) -> str:
+        """Train to the planned length; returns finished, diverged or preempted."""
+        self.window = Window(time.perf_counter())
+        self.last_checkpoint = time.monotonic()
+        if progress.step >= self.plan.total_steps:
+            return "finished"
+        while True:
+            batches = self.data.train_epoch(progress.epoch, progress.batch_in_epoch)
+            for images, labels in self.timed(batches):
+                self.window.add(self.train_step(images, labels, progress.step), len(labels))
+                progress.step += 1
+                progress.batch_in_epoch += 1
+                outcome = self.step_boundary(progress)
+                if outcome:
+                    return outcome
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+
+    def step_boundary(self, progress: Progress) -> str | None:
+        """Logs, evaluations and checkpoints due after this step; the outcome if the run ends."""
+        plan, step = self.plan, progress.step
+        last = step >= plan.total_steps
+        log_due = last or plan.crosses(step, plan.log_every)
+        eval_due = last or plan.crosses(step, plan.eval_every)
+        checkpoint_due = last or plan.crosses(step, plan.checkpoint_every)
+        if not (log_due or eval_due or checkpoint_due or step % plan.control_every_steps == 0):
+            return None
+        stop, time_due, nonfinite = self.agree()
+        if nonfinite:
+            return self.diverged(progress)
+        if log_due:
+            self.log_training(progress)
+        if eval_due:
+            self.evaluate(progress)
+        if checkpoint_due or stop or time_due:
+            self.save_checkpoint(progress)
+        if stop:
+            log.warning("stopping on signal %s at step %d", self.stop_signal[0], step)
+            return "preempted"
+        return "finished" if last else None
+
+    def timed(self, batches: Iterator) -> Iterator:
+        """The batches, adding the time spent waiting for each to the window's data wait."""
+        iterator = iter(batches)
+        while True:
+            start = time.perf_counter()
+            batch = next(iterator, None)
+            self.window.data_wait += time.perf_counter() - start
+            if batch is None:
+                return
+            yield batch
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
+        lr = lr_at(self.plan.paper_steps(step), self.hp)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.compute.autocast():
+            loss = loss_of(
+                self.forward(self.compute.inputs(images)), labels.to(self.compute.device)
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def agree(self) -> tuple[bool, bool, bool]:
+        """All ranks act alike: stop if any got a signal, checkpoint if rank 0's clock says so,
+        end the run if any loss was not finite. The loop's only host synchronization between
+        logs."""
+        minutes = (time.monotonic() - self.last_checkpoint) / 60
+        time_due = self.dist.is_main and minutes > self.plan.checkpoint_every_minutes
+        nonfinite = not torch.isfinite(torch.as_tensor(self.window.loss_sum)).item()
+        flags = [float(bool(self.stop_signal)), float(time_due), float(nonfinite)]
+        stop, time_due, nonfinite = all_reduce(flags, self.compute.device, ReduceOp.MAX)
+        return bool(stop), bool(time_due), bool(nonfinite)
+
+    def log_training(self, progress: Progress) -> None:
+        window = self.window
+        if self.compute.device.type == "cuda":
+            torch.cuda.synchronize()  # so that the elapsed time covers the queued work
+        elapsed = time.perf_counter() - window.start
+        loss_sum, images, wait = all_reduce(
+            [float(window.loss_sum), window.images, window.data_wait], self.compute.device
+        )
+        record = {
+            "kind": "train",
+            **self.plan.counters(progress),
+            "loss": loss_sum / images,
+            "lr": lr_at(self.plan.paper_steps(progress.step - 1), self.hp),
+            "images_per_s": images / elapsed,
+            "data_wait": wait / self.dist.world_size / elapsed,
+        }
+        self.records.write(record)
+        log.info(
+            "paper step %s/%s  loss %.4f  lr %.4g  %.0f images/s  data wait %.0f%%",
+            f"{record['paper_steps']:,.0f}",
+            f"{self.plan.max_paper_steps:,.0f}",
+            record["loss"],
+            record["lr"],
+            record["images_per_s"],
+            100 * record["data_wait"],
+        )
+        self.window = Window(time.perf_counter())
+
+    @torch.no_grad()
+    def evaluate(self, progress: Progress) -> dict:
+        """Top-1 and top-5 as exact counts over every validation image once, summed over ranks,
+        with the model outside DDP and the ranks' BN statistics averaged first."""
+        average_bn_statistics(self.model, self.dist.world_size)
+        self.model.eval()
+        top1 = top5 = count = loss = 0.0
+        for images, labels in self.data.val_batches():
+            labels = labels.to(self.compute.device)
+            with self.compute.autocast():
+                logits = self.model(self.compute.inputs(images)).float()
+            top1 += (logits.argmax(1) == labels).sum().item()
+            best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            top5 += (best == labels[:, None]).any(1).sum().item()
+            count += len(labels)
+            loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        self.model.train()
+        top1, top5, count, loss = all_reduce([top1, top5, count, loss], self.compute.device)
+        if count != self.data.val_size:
+            raise RuntimeError(f"evaluation counted {count:.0f} images, not {self.data.val_size}")
+        record = {
+            "kind": "eval",
+            **self.plan.counters(progress),
+            "top1": top1 / count,
+            "top5": top5 / count,
+            "top1_correct": int(top1),
+            "top5_correct": int(top5),
+            "count": int(count),
+            "loss": loss / count,
+        }
+        self.records.write(record)
+        update_best(progress, record, self.plan.target_top1)
+        self.records.write_file("summary.json", self.summary(progress, "running"))
+        log.info(
+            "eval at paper step %s: top-1 %.4f  top-5 %.4f  (%d images)",
+            f"{record['paper_steps']:,.0f}",
+            record["top1"],
+            record["top5"],
+            record["count"],
+        )
+        return record
+
+    def save_checkpoint(self, progress: Progress) -> None:
+        average_bn_statistics(self.model, self.dist.world_size)
+        rng = [torch.get_rng_state()]
+        if self.compute.device.type == "cuda":
+            rng.append(torch.cuda.get_rng_state(self.compute.device))
+        every_rng = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(every_rng, rng)
+        if self.dist.is_main:
+            payload = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "progress": asdict(progress),
+                "rng": every_rng,
+                **self.checkpoint_extra,
+            }
+            path = checkpoint.save(self.run_dir, progress.step, payload, self.plan.keep_checkpoints)
+            log.info("checkpoint %s", path)
+        self.last_checkpoint = time.monotonic()
+
+    def diverged(self, progress: Progress) -> str:
+        at = self.plan.paper_steps(progress.step)
+        log.warning(
+            "the loss is not finite at paper step %s (within the last %d steps): run diverged",
+            f"{at:,.0f}",
+            self.plan.control_every_steps,
+        )
+        summary = self.summary(progress, "diverged")
+        summary["diverged_at_paper_steps"] = at
+        self.records.write_file("summary.json", summary)
+        return "diverged"
+
+    def summary(self, progress: Progress, status: str) -> dict:
+        counters = self.plan.counters(progress)
+        return {
+            "status": status,
+            **counters,
+            "world_size": self.dist.world_size,
+            "global_batch": self.plan.global_batch,
+            "max_paper_steps": self.plan.max_paper_steps,
+            "target_top1": self.plan.target_top1,
+            "steps_to_target": progress.steps_to_target,
+            "max_top1": progress.max_top1,
+            "top5_at_max_top1": progress.top5_at_max_top1,
+            "paper_steps_at_max_top1": progress.paper_steps_at_max_top1,
+        }
+
+
+def update_best(progress: Progress, record: dict, target_top1: float | None) -> None:
+    if progress.max_top1 is None or record["top1"] > progress.max_top1:
+        progress.max_top1 = record["top1"]
+        progress.top5_at_max_top1 = record["top5"]
+        progress.paper_steps_at_max_top1 = record["paper_steps"]
+    reached = target_top1 is not None and record["top1"] >= target_top1
+    if reached and progress.steps_to_target is None:
+        progress.steps_to_target = record["paper_steps"]
+
+
+def loss_of(output, labels: torch.Tensor) -> torch.Tensor:
+    if isinstance(output, tuple):  # training with GoogLeNet's auxiliary heads
+        logits, aux_logits = output
+        aux = sum(F.cross_entropy(aux.float(), labels) for aux in aux_logits)
+        return F.cross_entropy(logits.float(), labels) + AUX_WEIGHT * aux
+    return F.cross_entropy(output.float(), labels)
+
+
+@dataclass
+class Window:
+    """Training statistics since the last log record; the loss stays on the device."""
+
+    start: float
+    loss_sum: torch.Tensor | float = 0.0  # summed over images
+    images: int = 0
+    data_wait: float = 0.0  # seconds spent waiting for batches
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss_sum = self.loss_sum + loss * images
+        self.images += images
+
+
+@contextmanager
+def stop_on_signals(received: list) -> Iterator[None]:
+    """SIGTERM, or SIGUSR1 (SLURM's warning before the time limit), asks for a checkpoint at the
+    next step boundary."""
+    handled = (signal.SIGTERM, signal.SIGUSR1)
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in handled
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,180 @@
+"""`bn-repro train`: builds a run's objects and hands them to the loop (loop.py)."""
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from bn_repro.config import CONFIG_DIR, ConfigError, Precision, RunConfig, to_object, validate
+from bn_repro.data import build_data
+from bn_repro.hparams import effective_hparams
+from bn_repro.models import build_model
+from bn_repro.train import checkpoint
+from bn_repro.train.distributed import Dist, distributed
+from bn_repro.train.environment import record_start
+from bn_repro.train.loop import Compute, Plan, Progress, Trainer, stop_on_signals
+from bn_repro.train.optim import build_optimizer
+from bn_repro.train.records import Records, setup_logging
+from bn_repro.train.schedule import schedule_table
+
+log = logging.getLogger(__name__)
+
+# EX_TEMPFAIL: the run checkpointed on SIGTERM/SIGUSR1; run the same command again to resume.
+REQUEUE_EXIT_CODE = 75
+# A resumed run must train the same thing; the trainer's other keys may change between starts.
+RESUME_MUST_MATCH = ("name", "seed", "model", "optim", "data", "trainer.global_batch")
+
+
+def train(cfg: RunConfig) -> dict:
+    """Train one run to its end, resuming from run_dir if it holds checkpoints; the summary."""
+    run_dir = Path(cfg.run_dir)
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    with distributed(cfg.trainer.device) as dist:
+        setup_logging(run_dir, dist.rank)
+        hp = effective_hparams(cfg)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        model = build_model(cfg.model, cfg.data.num_classes)
+        compute = pick_compute(cfg, dist)
+        model.to(compute.device, memory_format=memory_format(compute))
+        optimizer = build_optimizer(model, hp)
+        batch = per_rank_batch(cfg.trainer.global_batch, dist.world_size)
+        data = build_data(cfg.data, cfg.seed, dist.rank, dist.world_size, batch)
+        progress = resume(run_dir, resolved, model, optimizer, dist)
+        if progress.step == 0:
+            torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout draws differ between ranks
+        records = Records(run_dir, progress.step, dist.is_main)
+        plan = make_plan(cfg)
+        records.write_file("config.json", resolved)
+        records.write_file("effective_hparams.json", vars(hp))
+        records.write_file("schedule.json", schedule_table(hp, plan.max_paper_steps))
+        record_start(run_dir, dist, enabled=dist.is_main)
+        ddp = DistributedDataParallel(
+            model,
+            device_ids=[compute.device] if compute.device.type == "cuda" else None,
+            broadcast_buffers=False,  # each rank keeps its own BN statistics; see loop.evaluate
+        )
+        forward = torch.compile(ddp, mode=cfg.trainer.compile) if cfg.trainer.compile else ddp
+        trainer = Trainer(
+            model,
+            forward,
+            optimizer,
+            data,
+            hp,
+            plan,
+            compute,
+            dist,
+            records,
+            run_dir,
+            checkpoint_extra={"config": resolved},
+        )
+        log.info(
+            "training %s for %s paper steps in %s",
+            cfg.name,
+            f"{plan.max_paper_steps:,.0f}",
+            run_dir,
+        )
+        with stop_on_signals(trainer.stop_signal):
+            status = trainer.fit(progress)
+        summary = trainer.summary(progress, status)
+        if status != "diverged":  # a diverged run already wrote its summary
+            records.write_file("summary.json", summary)
+        records.close()
+        log.info("%s: %s", run_dir, status)
+    return summary
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    # Each rank keeps its own BN statistics, averaged before evaluations and checkpoints
+    # (loop.evaluate). torch 2.15 deprecates broadcast_buffers but advises keeping it for
+    # rank-local buffers until its replacement can skip the sync at construction.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        return DistributedDataParallel(
+            model,
+            device_ids=[device] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    if global_batch % world_size:
+        raise ConfigError(
+            f"trainer.global_batch={global_batch} does not split over {world_size} ranks:"
+            " make it a multiple of the number of processes"
+        )
+    return global_batch // world_size
+
+
+def pick_compute(cfg: RunConfig, dist: Dist) -> Compute:
+    cuda = dist.device.type == "cuda"
+    precision = cfg.trainer.precision
+    bf16 = precision is Precision.bf16 or (precision is Precision.auto and cuda)
+    if cuda:
+        torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+    channels_last = cuda if cfg.trainer.channels_last is None else cfg.trainer.channels_last
+    return Compute(dist.device, torch.bfloat16 if bf16 else None, channels_last)
+
+
+def memory_format(compute: Compute) -> torch.memory_format:
+    return torch.channels_last if compute.channels_last else torch.contiguous_format
+
+
+def make_plan(cfg: RunConfig) -> Plan:
+    trainer = cfg.trainer
+    return Plan(
+        global_batch=trainer.global_batch,
+        max_paper_steps=trainer.max_paper_steps,
+        eval_every=trainer.eval_every_paper_steps,
+        log_every=trainer.log_every_paper_steps,
+        checkpoint_every=trainer.checkpoint_every_paper_steps,
+        checkpoint_every_minutes=trainer.checkpoint_every_minutes,
+        keep_checkpoints=trainer.keep_checkpoints,
+        control_every_steps=trainer.control_every_steps,
+        target_top1=cfg.data.target_top1,
+    )
+
+
+def resume(run_dir: Path, resolved: dict, model, optimizer, dist: Dist) -> Progress:
+    """Restore the latest checkpoint of run_dir into the model and optimizer, if there is one."""
+    payload = checkpoint.load_latest(run_dir)
+    if payload is None:
+        return Progress()
+    saved, current = OmegaConf.create(payload["config"]), OmegaConf.create(resolved)
+    differing = [
+        key
+        for key in RESUME_MUST_MATCH
+        if OmegaConf.select(saved, key) != OmegaConf.select(current, key)
+    ]
+    if differing:
+        raise ConfigError(
+            f"{run_dir} holds a run with other settings of {differing}: resume it with the same"
+            " overrides, or give this run its own run_dir=PATH"
+        )
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    rng = payload["rng"][dist.rank % len(payload["rng"])]
+    torch.set_rng_state(rng[0])
+    if dist.device.type == "cuda" and len(rng) > 1:
+        torch.cuda.set_rng_state(rng[1], dist.device)
+    progress = Progress(**payload["progress"])
+    log.info("resumed at optimizer step %d (epoch %d)", progress.step, progress.epoch)
+    return progress
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> None:
+    try:
+        validate(cfg)
+        summary = train(to_object(cfg))
+    except ConfigError as error:
+        print(f"bn-repro train: {error}", file=sys.stderr)
+        sys.exit(2)
+    if summary["status"] == "preempted":
+        sys.exit(REQUEUE_EXIT_CODE)

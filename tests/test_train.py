@@ -1,0 +1,223 @@
+"""`bn-repro train` as users start it: one process, two gloo ranks by torchrun, killed, stopped."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bn_repro.train.checkpoint import checkpoints
+from bn_repro.train.records import read_metrics, tensorboard_step
+from tests.helpers import model_of
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+# 40 paper steps of 32 images in optimizer steps of 8: 160 steps of a 32-pixel Inception.
+TINY = [
+    "data=synthetic",
+    "data.synthetic.train_size=256",
+    "data.synthetic.val_size=101",  # odd, so two ranks split it unevenly
+    "trainer.global_batch=8",
+    "trainer.max_paper_steps=40",
+    "trainer.eval_every_paper_steps=10",
+    "trainer.log_every_paper_steps=5",
+    "trainer.checkpoint_every_paper_steps=10",
+    "trainer.control_every_steps=1",
+    "trainer.deterministic=true",
+]
+TIMING = ("images_per_s", "data_wait")
+
+
+def command(run_dir: Path, *overrides: str, ranks: int = 1) -> list:
+    train = [BIN / "bn-repro", "train", *TINY, f"run_dir={run_dir}", *overrides]
+    if ranks == 1:
+        return train
+    return [BIN / "torchrun", "--standalone", f"--nproc_per_node={ranks}", "--no-python", *train]
+
+
+def train(run_dir: Path, *overrides: str, ranks: int = 1) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command(run_dir, *overrides, ranks=ranks),
+        capture_output=True,
+        text=True,
+        cwd=run_dir.parent,
+    )
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def assert_same_records(got: list[dict], expected: list[dict]) -> None:
+    """The same records but for timings, with float tolerance."""
+    assert len(got) == len(expected)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.keys() == theirs.keys()
+        for key in mine.keys() - set(TIMING):
+            expected_value = theirs[key]
+            if isinstance(expected_value, float):
+                expected_value = pytest.approx(expected_value, rel=1e-5)
+            assert mine[key] == expected_value, (theirs, key)
+
+
+def final_weights(run_dir: Path) -> dict:
+    return torch.load(checkpoints(run_dir)[-1], weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = train(run_dir, "experiment=bn_baseline")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_a_run_leaves_its_records(uninterrupted):
+    for name in (
+        "config.json",
+        "effective_hparams.json",
+        "schedule.json",
+        "environment.json",
+        "train.log",
+    ):
+        assert (uninterrupted / name).exists(), name
+    records = read_metrics(uninterrupted)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["paper_steps"] for r in evals] == [10, 20, 30, 40]
+    assert all(r["count"] == 101 and r["images_seen"] == 32 * r["paper_steps"] for r in evals)
+    assert [r["step"] for r in records if r["kind"] == "train"] == [
+        20,
+        40,
+        60,
+        80,
+        100,
+        120,
+        140,
+        160,
+    ]
+    done = summary(uninterrupted)
+    assert done["status"] == "finished" and done["paper_steps"] == 40
+    assert done["max_top1"] == max(r["top1"] for r in evals)
+    assert done["target_top1"] is None and done["steps_to_target"] is None  # set by the report
+    assert json.loads((uninterrupted / "effective_hparams.json").read_text())["lr"] == 0.0015 / 4
+
+
+def test_tensorboard_holds_the_numbers_of_metrics_jsonl(uninterrupted):
+    events = EventAccumulator(str(uninterrupted / "tensorboard")).Reload()
+    records = read_metrics(uninterrupted)
+    for tag in events.Tags()["scalars"]:
+        kind, key = tag.split("/")
+        expected = [(tensorboard_step(r), r[key]) for r in records if r["kind"] == kind]
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in logged] == [s for s, _ in expected], tag
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6), tag
+    assert {"train/loss", "train/lr", "train/images_per_s", "eval/top1", "eval/top5"} <= set(
+        events.Tags()["scalars"]
+    )
+
+
+def test_a_killed_run_resumes_and_ends_as_if_never_killed(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        command(run_dir, "experiment=bn_baseline"), cwd=tmp_path, stderr=subprocess.DEVNULL
+    )
+    while not checkpoints(run_dir) and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.kill()  # SIGKILL: no chance to save anything
+    process.wait()
+    killed_at = len(read_metrics(run_dir))
+
+    result = train(run_dir, "experiment=bn_baseline")
+    assert result.returncode == 0, result.stderr
+    assert "resumed at optimizer step" in result.stderr
+    assert killed_at < len(read_metrics(run_dir))
+    assert_same_records(read_metrics(run_dir), read_metrics(uninterrupted))
+    for name, tensor in final_weights(uninterrupted).items():
+        torch.testing.assert_close(final_weights(run_dir)[name], tensor, msg=name)
+
+
+def test_sigterm_checkpoints_and_asks_to_be_requeued(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        command(run_dir, "experiment=bn_x5", "trainer.checkpoint_every_paper_steps=1000"),
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not read_metrics(run_dir) and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate()
+    assert process.returncode == 75, stderr
+    stopped = summary(run_dir)
+    assert stopped["status"] == "preempted" and 0 < stopped["step"] < 160
+    assert int(checkpoints(run_dir)[-1].stem.removeprefix("step_")) == stopped["step"]
+
+    result = train(run_dir, "experiment=bn_x5", "trainer.checkpoint_every_paper_steps=1000")
+    assert result.returncode == 0, result.stderr
+    assert f"resumed at optimizer step {stopped['step']}" in result.stderr
+    assert summary(run_dir)["status"] == "finished"
+
+
+def test_two_ranks_train_as_one_process_with_their_joint_batch(tmp_path):
+    # Without BN (and without dropout's per-rank draws) the averaged gradient of two ranks of 4
+    # images is the gradient of the 8 images together. With BN each rank normalizes over its
+    # own 4 images, as in the paper's replicas, so there the two differ by design.
+    # 20 optimizer steps: later, training amplifies rounding differences as it amplifies any
+    # (measured: 1e-5 of the update after 20 steps, 1.5e-3 after 60, smoothly).
+    overrides = ("experiment=inception", "model.dropout=false", "trainer.max_paper_steps=5")
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run_dir, ranks in ((one, 1), (two, 2)):
+        result = train(run_dir, *overrides, ranks=ranks)
+        assert result.returncode == 0, result.stderr
+    torch.manual_seed(0)  # the trainer's initial weights (seed 0)
+    initial = model_of("inception", "model.dropout=false", num_classes=10).state_dict()
+    a, b = final_weights(one), final_weights(two)
+    moved = sum((a[k] - initial[k]).norm() ** 2 for k in a) ** 0.5
+    apart = sum((a[k] - b[k]).norm() ** 2 for k in a) ** 0.5
+    assert apart < 1e-3 * moved  # float rounding of another summation order, nothing more
+    losses = [[r["loss"] for r in read_metrics(d) if r["kind"] == "train"] for d in (one, two)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    evals = [[r for r in read_metrics(d) if r["kind"] == "eval"] for d in (one, two)]
+    assert [r["count"] for r in evals[1]] == [101]  # 51 + 50 images, each counted once
+    assert [r["top1_correct"] for r in evals[1]] == [r["top1_correct"] for r in evals[0]]
+    assert json.loads((two / "environment.json").read_text())[-1]["world_size"] == 2
+
+
+def test_a_diverging_run_ends_cleanly_and_the_sweep_goes_on(tmp_path):
+    result = subprocess.run(
+        [
+            BIN / "bn-repro",
+            "train",
+            "-m",
+            *TINY,
+            "experiment=inception",
+            "optim.lr_multiplier=10000,1",
+            f"run_dir={tmp_path}/lr_x${{optim.lr_multiplier}}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    diverged = summary(tmp_path / "lr_x10000.0")
+    assert diverged["status"] == "diverged" and diverged["diverged_at_paper_steps"] > 0
+    assert summary(tmp_path / "lr_x1.0")["status"] == "finished"
+
+
+def test_resuming_with_other_settings_is_refused(uninterrupted):
+    before = (uninterrupted / "metrics.jsonl").read_text()
+    result = train(uninterrupted, "experiment=bn_baseline", "optim.lr_multiplier=5")
+    assert result.returncode == 2
+    assert "holds a run with other settings of ['optim']" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (uninterrupted / "metrics.jsonl").read_text() == before
