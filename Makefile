@@ -2,7 +2,6 @@
 # and skipped when pyproject.toml has not changed since the last install.
 VENV := .venv
 BIN := $(VENV)/bin
-EXPERIMENTS := inception bn_baseline bn_x5 bn_x30 bn_x5_sigmoid inception_sigmoid
 
 .PHONY: setup demo test
 
@@ -14,11 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	@echo "bn-repro demo: the generated benchmark and the trainer are not built yet, so for now"
-	@echo "this builds the paper's six networks from their configs and describes each one."
-	@for experiment in $(EXPERIMENTS); do \
-		echo; $(BIN)/bn-repro describe experiment=$$experiment || exit 1; \
-	done
+	@echo "bn-repro demo: the generated benchmark is not built yet, so for now this trains the six"
+	@echo "experiments for 100 paper steps each on data=synthetic (small learnable images made in"
+	@echo "memory), on this machine's CPU, through the same trainer a cluster run uses."
+	$(BIN)/bn-repro train -m 'experiment=glob(*)' data=synthetic trainer.max_paper_steps=100 \
+		trainer.eval_every_paper_steps=25 trainer.log_every_paper_steps=25 \
+		'run_dir=runs/demo/$${name}' hydra.sweep.dir=runs/demo
+	@echo "Records of each run: runs/demo/<experiment>/ (summary.json, metrics.jsonl, tensorboard/)"
 
 test: setup
 	$(BIN)/ruff format --check .

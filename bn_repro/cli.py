@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 def train(overrides: list[str]) -> int:
     from bn_repro.train.main import hydra_main  # torch.distributed and friends, only to train
 
+    if not any(arg.startswith("-") for arg in overrides):  # one run, no Hydra flags (-m, --cfg)
+        try:  # the errors describe gives, before Hydra resolves anything
+            compose(overrides)
+        except ConfigError as error:
+            print(f"bn-repro train: {error}", file=sys.stderr)
+            return 2
     sys.argv = ["bn-repro train", *overrides]
     hydra_main()
     return 0

@@ -39,17 +39,19 @@ def test_describe_cfg_prints_the_resolved_config(capsys):
     assert cfg["optim"]["l2_divisor"] == 5.0 and cfg["model"]["norm"] == "batchnorm"
 
 
+@pytest.mark.parametrize("command", ["describe", "train"])
 @pytest.mark.parametrize(
     "overrides, expected",
     [
+        ([], "no experiment chosen: add experiment=NAME"),
         (["experiment=bn_x7"], "Could not find 'experiment/bn_x7'"),
         (["experiment=bn_x5", "optim.lr_multiplyer=5"], "Key 'lr_multiplyer' not in 'OptimConfig'"),
         (["experiment=bn_x5", "optim.base_lr=-0.0015"], "optim.base_lr must be positive"),
     ],
 )
-def test_user_errors_exit_2_with_a_message_not_a_traceback(overrides, expected):
-    result = subprocess.run([BN_REPRO, "describe", *overrides], capture_output=True, text=True)
+def test_user_errors_exit_2_with_a_message_not_a_traceback(command, overrides, expected):
+    result = subprocess.run([BN_REPRO, command, *overrides], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.startswith("bn-repro describe: ")
+    assert result.stderr.startswith(f"bn-repro {command}: ")
     assert expected in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""

@@ -221,3 +221,20 @@ def test_resuming_with_other_settings_is_refused(uninterrupted):
     assert "holds a run with other settings of ['optim']" in result.stderr
     assert "Traceback" not in result.stderr
     assert (uninterrupted / "metrics.jsonl").read_text() == before
+
+
+def test_checkpoints_by_time_keep_the_last_few(tmp_path):
+    run_dir = tmp_path / "run"
+    result = train(
+        run_dir,
+        "experiment=bn_x5",
+        "trainer.max_paper_steps=5",  # 20 steps, each a control point past a tiny time limit
+        "trainer.checkpoint_every_paper_steps=1000",
+        "trainer.checkpoint_every_minutes=1e-9",
+        "trainer.keep_checkpoints=3",
+    )
+    assert result.returncode == 0, result.stderr
+    assert [path.name for path in checkpoints(run_dir)] == [
+        f"step_{step:010d}.pt" for step in (18, 19, 20)
+    ]
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
