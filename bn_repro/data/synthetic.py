@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from bn_repro.config import ConfigError, DataConfig
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 3, H, W), labels (N,)
 
 
 class SyntheticData:

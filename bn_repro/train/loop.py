@@ -16,7 +16,7 @@ from torch.distributed import ReduceOp
 from torch.nn import functional as F
 
 from bn_repro import paper
-from bn_repro.data.synthetic import SyntheticData
+from bn_repro.data import DataSource
 from bn_repro.hparams import EffectiveHparams
 from bn_repro.models.inception import AUX_WEIGHT
 from bn_repro.train import checkpoint
@@ -97,7 +97,7 @@ class Trainer:
     model: nn.Module  # unwrapped: evaluated and saved as it is
     forward: nn.Module  # the DDP wrapper (compiled, when asked): trains
     optimizer: torch.optim.Optimizer
-    data: SyntheticData
+    data: DataSource
     hp: EffectiveHparams
     plan: Plan
     compute: Compute
