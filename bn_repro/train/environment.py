@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from bn_repro.files import write_json
 from bn_repro.train.distributed import Dist
-from bn_repro.train.records import write_json
 
 PACKAGES = ("bn-repro", "torch", "torchvision", "nvidia-dali-cuda130", "hydra-core", "webdataset")
 

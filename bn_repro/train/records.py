@@ -4,22 +4,16 @@ disabled Records."""
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from bn_repro.files import write_bytes, write_json
+
 log = logging.getLogger(__name__)
 
 COUNTERS = ("step", "images_seen", "paper_steps", "epoch")
-
-
-def write_json(path: Path, data) -> None:
-    """Atomically: a reader never sees half a file."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -43,9 +37,7 @@ class Records:
         run_dir.mkdir(parents=True, exist_ok=True)
         # A resumed run repeats the steps after its checkpoint: drop what was logged for them.
         kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
-        temporary = run_dir / "metrics.jsonl.tmp"
-        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(temporary, run_dir / "metrics.jsonl")
+        write_bytes(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
         self.metrics = (run_dir / "metrics.jsonl").open("a")
         # purge_step hides the events a killed run wrote after the checkpoint.
         self.tensorboard = SummaryWriter(
