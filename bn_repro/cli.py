@@ -1,11 +1,16 @@
 """The `bn-repro` command."""
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from bn_repro.config import ConfigError, compose, to_object
+from bn_repro.data.make_mini import MiniSpec, make_mini
+from bn_repro.data.prepare import FORMATS, PrepareOptions, prepare
+from bn_repro.data.sources import PrepareError
 from bn_repro.describe import describe
 
 
@@ -36,17 +41,92 @@ def main(argv: list[str] | None = None) -> int:
     describe_parser.add_argument(
         "--cfg", action="store_true", help="print the composed config as YAML instead"
     )
+    describe_parser.set_defaults(run=run_describe)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:  # Hydra parses the rest itself: overrides, -m, --cfg, --help
         return train(argv[1:])
+    add_prepare(commands)
+    add_make_mini(commands)
     args = parser.parse_args(argv)
     try:
-        cfg = compose(args.overrides)
-        print(OmegaConf.to_yaml(cfg) if args.cfg else describe(to_object(cfg)))
-    except ConfigError as error:
+        args.run(args)
+    except (ConfigError, PrepareError) as error:
         print(f"bn-repro {args.command}: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_describe(args: argparse.Namespace) -> None:
+    cfg = compose(args.overrides)
+    print(OmegaConf.to_yaml(cfg) if args.cfg else describe(to_object(cfg)))
+
+
+def add_prepare(commands) -> None:
+    parser = commands.add_parser(
+        "prepare",
+        help="ILSVRC2012 archives, an extracted tree or Kaggle's layout -> folders and shards",
+        description="Prepare ILSVRC2012 (or the make-mini benchmark) for the loaders: a folder"
+        " tree OUT/{train,val}/<wnid>/ and/or webdataset shards OUT/shards/ with DALI index files,"
+        " and OUT/manifest.json. Interrupted, it resumes where it stopped when run again.",
+    )
+    parser.add_argument("--source", type=Path, required=True, help="folder with the source")
+    parser.add_argument("--out", type=Path, required=True, help="where to write")
+    parser.add_argument(
+        "--formats", default="folder,shards", help="folder, shards or both (default: both)"
+    )
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=1250,
+        help="images per shard (default 1250: 1025 shards"
+        " for ImageNet's train set, enough for 128 GPUs x 8 loader workers)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="of the training shards' shuffle")
+    parser.set_defaults(run=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    formats = tuple(f for f in args.formats.split(",") if f)
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise PrepareError(f"--formats {args.formats}: choose from {', '.join(FORMATS)}")
+    if args.workers < 1 or args.shard_size < 1:
+        raise PrepareError("--workers and --shard-size must be at least 1")
+    options = PrepareOptions(formats, args.workers, args.shard_size, args.seed)
+    manifest = prepare(args.source, args.out, options)
+    print(
+        f"prepared {manifest['splits']} images of {len(manifest['classes'])} classes in {args.out}"
+    )
+
+
+def add_make_mini(commands) -> None:
+    parser = commands.add_parser(
+        "make-mini",
+        help="generate a small benchmark as the three ILSVRC2012 archives",
+        description="Write ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and"
+        " ILSVRC2012_devkit_t12.tar.gz of generated, learnable images into OUT, in the official"
+        " formats, for `bn-repro prepare --source OUT`.",
+    )
+    parser.add_argument("out", type=Path, metavar="OUT")
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--train-per-class", type=int, default=300)
+    parser.add_argument("--val-per-class", type=int, default=50)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.set_defaults(run=run_make_mini)
+
+
+def run_make_mini(args: argparse.Namespace) -> None:
+    spec = MiniSpec(args.classes, args.train_per_class, args.val_per_class, args.size, args.seed)
+    if (
+        min(spec.classes, spec.train_per_class, spec.val_per_class, args.workers) < 1
+        or spec.size < 16
+    ):
+        raise PrepareError("make-mini needs at least 1 class, image and worker, and 16 pixels")
+    make_mini(args.out, spec, args.workers)
+    print(f"wrote the ILSVRC2012 archives of {spec.classes} generated classes to {args.out}")
 
 
 def train(overrides: list[str]) -> int:

@@ -1,0 +1,286 @@
+"""`bn-repro prepare`: ILSVRC2012, from any source, into what the loaders stream: a folder tree
+(train/<wnid>/, val/<wnid>/) and/or webdataset shards with DALI index files, and a manifest.
+
+The work is cut into units (one class folder, or one shard), each written under a temporary name
+and renamed when whole, then recorded in OUT/.progress/; an interrupted run skips the recorded
+units and redoes the rest, so nothing half-written ever looks complete."""
+
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import sys
+import tarfile
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from bn_repro import __version__
+from bn_repro.data.sources import PrepareError, Sample, Source, open_source
+from bn_repro.files import write_bytes, write_json
+
+FORMATS = ("folder", "shards")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    formats: tuple[str, ...]
+    workers: int
+    shard_size: int  # images per training shard; 1,281,167 / 1250 = 1025 shards for ImageNet
+    seed: int  # of the training shards' global shuffle
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str  # e.g. folder/train/n01440764 or shards/train-000012
+    split: str
+    samples: tuple[Sample, ...]
+
+
+def prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
+    """Prepare OUT from the source; a finished OUT with the same settings is left as it is."""
+    finished = _finished(out, source_path, options)
+    if finished:
+        return finished
+    source = open_source(source_path)
+    check_counts(source)
+    classes = sorted({s.wnid for s in source.samples})
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    units = plan(source, options)
+    progress = out / ".progress"
+    progress.mkdir(parents=True, exist_ok=True)
+    _check_same_plan(progress / "plan.json", source, options, units)
+    done = {p.stem: json.loads(p.read_text()) for p in progress.glob("unit-*.json")}
+    todo = [u for u in units if _record_name(u) not in done]
+    bar = tqdm(total=sum(len(u.samples) for u in todo), unit="img", desc=f"prepare {out}")
+    with ProcessPoolExecutor(options.workers) as pool:
+        records = pool.map(write_unit, todo, [out] * len(todo), [index] * len(todo))
+        for unit, record in zip(todo, records, strict=True):
+            write_json(progress / f"{_record_name(unit)}.json", record)
+            done[_record_name(unit)] = record
+            bar.update(len(unit.samples))
+    bar.close()
+    manifest = build_manifest(source, options, classes, [done[_record_name(u)] for u in units])
+    write_json(out / "manifest.json", manifest)
+    shutil.rmtree(progress)
+    return manifest
+
+
+def check_counts(source: Source) -> None:
+    """The source holds what it promises (its devkit's counts, or the release's)."""
+    per_class = Counter(s.wnid for s in source.samples if s.split == "train")
+    found = Counter(s.split for s in source.samples)
+    problems = [
+        f"{wnid} has {per_class[wnid]} training images, the devkit says {n}"
+        for wnid, n in sorted(source.promised_per_class.items())
+        if per_class[wnid] != n
+    ]
+    if "classes" in source.promised and len(per_class) != source.promised["classes"]:
+        problems.append(
+            f"{len(per_class)} classes have training images, not {source.promised['classes']}"
+        )
+    for split in ("train", "val"):
+        if split in source.promised and found[split] != source.promised[split]:
+            problems.append(f"{found[split]:,} {split} images, not {source.promised[split]:,}")
+    if problems:
+        listed = "; ".join(problems[:10]) + (
+            f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
+        raise PrepareError(
+            f"{source.path} does not hold what it promises: {listed}. Is an archive incomplete? "
+            "Download it again, or prepare from a complete copy."
+        )
+
+
+def plan(source: Source, options: PrepareOptions) -> list[Unit]:
+    units = []
+    if "folder" in options.formats:
+        for split in ("train", "val"):
+            by_class: dict[str, list[Sample]] = {}
+            for sample in source.samples:
+                if sample.split == split:
+                    by_class.setdefault(sample.wnid, []).append(sample)
+            units += [
+                Unit(f"folder/{split}/{w}", split, tuple(s)) for w, s in sorted(by_class.items())
+            ]
+    if "shards" in options.formats:
+        train = sorted((s for s in source.samples if s.split == "train"), key=lambda s: s.name)
+        # Sec. 4.2.1: shuffle thoroughly. Shards hold a global permutation, so every shard, and
+        # every batch read from one, mixes many classes.
+        random.Random(options.seed).shuffle(train)
+        val = sorted((s for s in source.samples if s.split == "val"), key=lambda s: s.name)
+        for split, samples in (("train", train), ("val", val)):
+            count = max(1, -(-len(samples) // options.shard_size))
+            for k in range(count):
+                # as equal as can be: the first len % count shards hold one more
+                part = samples[k * len(samples) // count : (k + 1) * len(samples) // count]
+                units.append(Unit(f"shards/{split}-{k:06d}", split, tuple(part)))
+    return units
+
+
+def write_unit(unit: Unit, out: Path, index: dict[str, int]) -> dict:
+    """Write one unit (in a worker process), one image in memory at a time; its record."""
+    reencoded = []
+
+    def images():
+        for sample in unit.samples:
+            data, was = clean_jpeg(sample)
+            if was:
+                reencoded.append({"split": sample.split, "name": sample.name, "was": was})
+            yield sample, data
+
+    if unit.name.startswith("folder/"):
+        for sample, data in images():
+            write_bytes(out / unit.name.removeprefix("folder/") / sample.name, data)
+        written = {}
+    else:
+        written = write_shard(out / f"{unit.name}.tar", images(), index)
+    classes = dict(Counter(s.wnid for s in unit.samples))
+    return {
+        "unit": unit.name,
+        "split": unit.split,
+        "classes": classes,
+        "reencoded": reencoded,
+    } | written
+
+
+def clean_jpeg(sample: Sample) -> tuple[bytes, str | None]:
+    """The image's bytes as they are, unless it is one of the known bad files of the real train
+    set (a PNG named .JPEG, a CMYK JPEG): those become RGB JPEGs. Grayscale JPEGs pass."""
+    data = sample.read()
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except UnidentifiedImageError:
+        raise PrepareError(f"{sample.path}: {sample.name} is not an image") from None
+    if image.format == "JPEG" and image.mode in ("RGB", "L"):
+        return data, None
+    was = f"{image.mode} JPEG" if image.format == "JPEG" else f"{image.format} named {sample.name}"
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=95)
+    return buffer.getvalue(), was
+
+
+def write_shard(path: Path, images: Iterable[tuple[Sample, bytes]], index: dict[str, int]) -> dict:
+    """A webdataset shard of <key>.jpg (the JPEG bytes), <key>.cls (the class index as text, the
+    webdataset convention) and <key>.label (int64 little-endian, for DALI's typed reader), with
+    its DALI index file (format v1.2, as DALI's wds2idx writes it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    lines = []
+    with tarfile.open(temporary, "w", format=tarfile.GNU_FORMAT) as tar:
+        for sample, data in images:
+            key = sample.name.split(".")[0]  # no dots: webdataset and DALI split at the first
+            label = index[sample.wnid]
+            parts = []
+            for extension, payload in (
+                ("jpg", data),
+                ("cls", str(label).encode()),
+                ("label", label.to_bytes(8, "little", signed=True)),
+            ):
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size, info.mtime, info.mode = len(payload), 0, 0o644
+                offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
+                tar.addfile(info, io.BytesIO(payload))
+                parts.append(f"{extension} {offset} {len(payload)} {info.name}")
+            lines.append(" ".join(parts))
+    index_path = path.with_suffix(".idx")
+    write_bytes(
+        index_path, "".join(f"{line}\n" for line in [f"v1.2 {len(lines)}", *lines]).encode()
+    )
+    digest = hashlib.sha256()
+    with open(temporary, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    os.replace(temporary, path)  # last: a shard that exists is whole, and so is its index
+    return {
+        "file": str(Path(path.parent.name) / path.name),
+        "index": str(Path(index_path.parent.name) / index_path.name),
+        "images": len(lines),
+        "bytes": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def _record_name(unit: Unit) -> str:
+    return "unit-" + unit.name.replace("/", "-")
+
+
+def _finished(out: Path, source_path: Path, options: PrepareOptions) -> dict | None:
+    if not (out / "manifest.json").exists():
+        return None
+    manifest = json.loads((out / "manifest.json").read_text())
+    settings = (manifest["source"]["path"], manifest["formats"], manifest["shard_size"])
+    wanted = (str(source_path.resolve()), list(options.formats), options.shard_size)
+    if settings != wanted or manifest["shuffle_seed"] != options.seed:
+        raise PrepareError(
+            f"{out} already holds a preparation of {manifest['source']['path']} with formats"
+            f" {manifest['formats']}, shard size {manifest['shard_size']} and seed"
+            f" {manifest['shuffle_seed']}: prepare into another --out"
+        )
+    return manifest
+
+
+def _check_same_plan(
+    path: Path, source: Source, options: PrepareOptions, units: list[Unit]
+) -> None:
+    fingerprint = {
+        "source": str(source.path.resolve()),
+        "options": asdict(options) | {"workers": None},
+        "units": len(units),
+        "images": len(source.samples),
+    }
+    fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back: tuples become lists
+    if path.exists() and json.loads(path.read_text()) != fingerprint:
+        raise PrepareError(
+            f"{path.parent.parent} holds an interrupted preparation with other options or another"
+            " source: rerun it with the same ones, or prepare into an empty --out"
+        )
+    write_json(path, fingerprint)
+
+
+def build_manifest(
+    source: Source, options: PrepareOptions, classes: list[str], records: list[dict]
+) -> dict:
+    counts = {split: Counter() for split in ("train", "val")}
+    # folder and shard units re-encode the same files: list each once
+    reencoded = {(e["split"], e["name"]): e for r in records for e in r["reencoded"]}
+    for record in records:
+        if record["unit"].startswith(f"{options.formats[0]}/"):  # each image once
+            counts[record["split"]].update(record["classes"])
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bn_repro": __version__,
+        "command": sys.argv,
+        "source": {"kind": source.kind, "path": str(source.path.resolve())},
+        "formats": list(options.formats),
+        "shard_size": options.shard_size,
+        "shuffle_seed": options.seed,
+        "splits": {split: sum(c.values()) for split, c in counts.items()},
+        "classes": [
+            {
+                "index": i,
+                "wnid": wnid,
+                "words": source.class_names.get(wnid, ""),
+                "train": counts["train"][wnid],
+                "val": counts["val"][wnid],
+            }
+            for i, wnid in enumerate(classes)
+        ],
+        "shards": {
+            split: [
+                {k: r[k] for k in ("file", "index", "images", "bytes", "sha256")}
+                for r in records
+                if r["unit"].startswith("shards/") and r["split"] == split
+            ]
+            for split in ("train", "val")
+        },
+        "reencoded": [reencoded[key] for key in sorted(reencoded)],
+    }
