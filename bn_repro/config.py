@@ -56,8 +56,8 @@ class LrScaling(Enum):
 
 
 class DataKind(Enum):
-    synthetic = "synthetic"
-    imagenet = "imagenet"
+    synthetic = "synthetic"  # made in memory
+    prepared = "prepared"  # what `bn-repro prepare` wrote to data.root
 
 
 class Device(Enum):
@@ -110,6 +110,8 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     kind: DataKind = MISSING
+    root: str | None = MISSING
+    workers: int = MISSING  # loader processes per rank
     num_classes: int = MISSING
     image_size: int = MISSING
     photometric: Photometric = MISSING
@@ -235,7 +237,7 @@ POSITIVE = (
     "data.image_size",
     "trainer.global_batch",
 )
-NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_paper_steps")
+NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_paper_steps", "data.workers")
 FRACTIONS = ("optim.momentum", "optim.lr_decay_factor", "model.bn_momentum")
 
 

@@ -2,6 +2,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from bn_repro.config import ConfigError, DataConfig, DataKind
+from bn_repro.data.folder import FolderData
 from bn_repro.data.synthetic import Batch, SyntheticData
 
 
@@ -17,10 +18,15 @@ class DataSource(Protocol):
         """This rank's share of the validation set; every image on exactly one rank."""
 
 
-def build_data(cfg: DataConfig, seed: int, rank: int, world_size: int, batch: int) -> DataSource:
+def build_data(
+    cfg: DataConfig, seed: int, rank: int, world_size: int, batch: int, pin_memory: bool
+) -> DataSource:
     """The training and validation data of this rank, `batch` images per rank and step."""
     if cfg.kind is DataKind.synthetic:
         return SyntheticData(cfg, seed, rank, world_size, batch)
-    raise ConfigError(
-        f"data={cfg.kind.value}: the ILSVRC2012 loaders are not built yet; train on data=synthetic"
-    )
+    if cfg.root is None:
+        raise ConfigError(
+            "data.root is not set: point it at the output of `bn-repro prepare`"
+            " (for ILSVRC2012: bn-repro prepare --source ARCHIVES --out DIR, then data.root=DIR)"
+        )
+    return FolderData(cfg, seed, rank, world_size, batch, pin_memory)

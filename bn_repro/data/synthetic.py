@@ -6,17 +6,14 @@ import torch
 from torch.nn import functional as F
 
 from bn_repro.config import ConfigError, DataConfig
+from bn_repro.data.sharding import batches_per_epoch, train_batches, val_batches
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 3, H, W), labels (N,)
 
 
 class SyntheticData:
     """Each class is a smooth random colour pattern; an image is its class's pattern plus noise.
-
-    Every rank makes the same images from the run's seed. An epoch is one permutation of the
-    training set, cut into global batches; rank r takes the r-th slice of each, so two ranks of
-    b images step through exactly the batches that one process of 2b would.
-    """
+    Every rank makes the same images from the run's seed and reads its share (sharding.py)."""
 
     def __init__(self, cfg: DataConfig, seed: int, rank: int, world_size: int, batch: int):
         if cfg.synthetic is None:
@@ -37,8 +34,7 @@ class SyntheticData:
 
         self.train_images, self.train_labels = make(cfg.synthetic.train_size)
         self.val_images, self.val_labels = make(cfg.synthetic.val_size)
-        self.batches_per_epoch = cfg.synthetic.train_size // (batch * world_size)
-        if self.batches_per_epoch == 0:
+        if batches_per_epoch(cfg.synthetic.train_size, world_size, batch) == 0:
             raise ConfigError(
                 f"data.synthetic.train_size={cfg.synthetic.train_size} holds no global batch of"
                 f" {batch * world_size}: make it larger"
@@ -49,19 +45,12 @@ class SyntheticData:
         return len(self.val_labels)
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        order = torch.randperm(
-            len(self.train_labels),
-            generator=torch.Generator().manual_seed(self.seed + 7919 * epoch),
-        )
-        global_batch = self.batch * self.world_size
-        for index in range(start_batch, self.batches_per_epoch):
-            first = index * global_batch + self.rank * self.batch
-            chosen = order[first : first + self.batch]
+        size = len(self.train_labels)
+        for chosen in train_batches(
+            size, self.seed, epoch, self.rank, self.world_size, self.batch, start_batch
+        ):
             yield self.train_images[chosen], self.train_labels[chosen]
 
     def val_batches(self) -> Iterator[Batch]:
-        """This rank's share of the validation set: every image on exactly one rank, the last
-        batch partial, possibly none at all on a rank."""
-        mine = torch.arange(self.rank, self.val_size, self.world_size)
-        for chosen in mine.split(self.batch):
+        for chosen in val_batches(self.val_size, self.rank, self.world_size, self.batch):
             yield self.val_images[chosen], self.val_labels[chosen]

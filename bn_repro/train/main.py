@@ -7,6 +7,8 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
@@ -43,7 +45,8 @@ def train(cfg: RunConfig) -> dict:
         model.to(compute.device, memory_format=memory_format(compute))
         optimizer = build_optimizer(model, hp)
         batch = per_rank_batch(cfg.trainer.global_batch, dist.world_size)
-        data = build_data(cfg.data, cfg.seed, dist.rank, dist.world_size, batch)
+        cuda = compute.device.type == "cuda"
+        data = build_data(cfg.data, cfg.seed, dist.rank, dist.world_size, batch, pin_memory=cuda)
         progress = resume(run_dir, resolved, model, optimizer, dist)
         if progress.step == 0:
             torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout draws differ between ranks
@@ -175,6 +178,8 @@ def hydra_main(cfg: DictConfig) -> None:
         summary = train(to_object(cfg))
     except ConfigError as error:
         print(f"bn-repro train: {error}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return  # this job fails; the sweep's other jobs go on
         sys.exit(2)
     if summary["status"] == "preempted":
         sys.exit(REQUEUE_EXIT_CODE)

@@ -1,0 +1,57 @@
+"""The training and validation transforms, in one place for every loader to match.
+
+Inception's recipe (Szegedy et al. 2014, Sec. 6): random crops of 8-100% of the area at aspect
+ratios 3/4-4/3, horizontal flips and photometric distortions. The paper distorts less for the
+accelerated networks (Sec. 4.2.1) without saying how much less; "reduced" halves every strength.
+"""
+
+import torch
+from torchvision.transforms import v2
+
+from bn_repro.config import Photometric
+
+CROP_AREA = (0.08, 1.0)
+CROP_ASPECT = (3 / 4, 4 / 3)
+# TF-slim's Inception distortions (SPEC.md 2.3): brightness +-32/255, contrast and saturation
+# x[0.5, 1.5], hue +-0.2 (its fast mode; an approximation of Howard's distortions).
+FULL_DISTORTION = {"brightness": 32 / 255, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
+STRENGTH = {Photometric.full: 1.0, Photometric.reduced: 0.5, Photometric.none: 0.0}
+VAL_CROP_FRACTION = 0.875  # the centre crop covers 87.5% of the resized image (TF-slim)
+MEAN = (0.485, 0.456, 0.406)  # ImageNet's channel statistics; the paper gives none
+STD = (0.229, 0.224, 0.225)
+
+
+def photometric(strength: Photometric) -> v2.Transform:
+    scale = STRENGTH[strength]
+    if scale == 0:
+        return v2.Identity()
+    jitter = {key: value * scale for key, value in FULL_DISTORTION.items()}
+    # ColorJitter takes brightness as a factor around 1: +-32/255 of a mid-grey is about +-0.25.
+    jitter["brightness"] = 2 * jitter["brightness"]
+    return v2.ColorJitter(**jitter)
+
+
+def train_transform(size: int, strength: Photometric) -> v2.Transform:
+    """RGB image (PIL or uint8 tensor) -> normalized float crop, drawn from torch's generator."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=CROP_AREA, ratio=CROP_ASPECT, antialias=True),
+            v2.RandomHorizontalFlip(),
+            photometric(strength),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def val_transform(size: int) -> v2.Transform:
+    return v2.Compose(
+        [
+            v2.Resize(round(size / VAL_CROP_FRACTION), antialias=True),
+            v2.CenterCrop(size),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
