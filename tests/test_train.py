@@ -238,3 +238,25 @@ def test_checkpoints_by_time_keep_the_last_few(tmp_path):
         f"step_{step:010d}.pt" for step in (18, 19, 20)
     ]
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
+
+
+def test_a_job_with_a_bad_setting_fails_alone_in_a_sweep(tmp_path):
+    result = subprocess.run(
+        [
+            BIN / "bn-repro",
+            "train",
+            "-m",
+            *TINY,
+            "experiment=bn_x5",
+            "trainer.max_paper_steps=5",
+            "optim.momentum=2,0.9",
+            f"run_dir={tmp_path}/momentum${{optim.momentum}}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert "bn-repro train: optim.momentum must lie in [0, 1], got 2.0" in result.stderr
+    assert not (tmp_path / "momentum2.0").exists()
+    assert summary(tmp_path / "momentum0.9")["status"] == "finished"
