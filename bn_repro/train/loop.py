@@ -38,6 +38,10 @@ class Progress:
     top5_at_max_top1: float | None = None
     paper_steps_at_max_top1: float | None = None
     steps_to_target: float | None = None  # paper steps of the first evaluation >= the target
+    # the training loss since the last log record, summed over ranks and images, so that a run
+    # resumed between two records logs the same numbers as one never stopped
+    window_loss: float = 0.0
+    window_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,11 @@ class Trainer:
     def fit(self, progress: Progress) -> str:
         """Train to the planned length; returns finished, diverged or preempted."""
         self.window = Window(time.perf_counter())
+        if self.dist.is_main:  # one rank carries the ranks' summed loss over the resume
+            self.window.loss_sum, self.window.loss_images = (
+                progress.window_loss,
+                progress.window_images,
+            )
         self.last_checkpoint = time.monotonic()
         if progress.step >= self.plan.total_steps:
             return "finished"
@@ -190,13 +199,14 @@ class Trainer:
         if self.compute.device.type == "cuda":
             torch.cuda.synchronize()  # so that the elapsed time covers the queued work
         elapsed = time.perf_counter() - window.start
-        loss_sum, images, wait = all_reduce(
-            [float(window.loss_sum), window.images, window.data_wait], self.compute.device
+        loss_sum, loss_images, images, wait = all_reduce(
+            [float(window.loss_sum), window.loss_images, window.images, window.data_wait],
+            self.compute.device,
         )
         record = {
             "kind": "train",
             **self.plan.counters(progress),
-            "loss": loss_sum / images,
+            "loss": loss_sum / loss_images,
             "lr": lr_at(self.plan.paper_steps(progress.step - 1), self.hp),
             "images_per_s": images / elapsed,
             "data_wait": wait / self.dist.world_size / elapsed,
@@ -257,17 +267,24 @@ class Trainer:
 
     def save_checkpoint(self, progress: Progress) -> None:
         average_bn_statistics(self.model, self.dist.world_size)
+        loss, images = all_reduce(
+            [float(self.window.loss_sum), self.window.loss_images], self.compute.device
+        )
+        progress.window_loss, progress.window_images = loss, int(images)
         rng = [torch.get_rng_state()]
         if self.compute.device.type == "cuda":
             rng.append(torch.cuda.get_rng_state(self.compute.device))
         every_rng = [None] * self.dist.world_size
         torch.distributed.all_gather_object(every_rng, rng)
+        loader_states = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(loader_states, self.data.state())
         if self.dist.is_main:
             payload = {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "progress": asdict(progress),
                 "rng": every_rng,
+                "loader": loader_states,
                 **self.checkpoint_extra,
             }
             path = checkpoint.save(self.run_dir, progress.step, payload, self.plan.keep_checkpoints)
@@ -326,11 +343,13 @@ class Window:
 
     start: float
     loss_sum: torch.Tensor | float = 0.0  # summed over images
-    images: int = 0
+    loss_images: int = 0  # the images loss_sum covers, some maybe from before a resume
+    images: int = 0  # trained on since start, for the throughput
     data_wait: float = 0.0  # seconds spent waiting for batches
 
     def add(self, loss: torch.Tensor, images: int) -> None:
         self.loss_sum = self.loss_sum + loss * images
+        self.loss_images += images
         self.images += images
 
 
