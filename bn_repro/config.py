@@ -60,6 +60,22 @@ class DataKind(Enum):
     prepared = "prepared"  # what `bn-repro prepare` wrote to data.root
 
 
+class DataLoaderKind(Enum):
+    dali = "dali"
+    torch = "torch"  # torchvision's decoding and transforms: the fallback
+
+
+class DataFormat(Enum):
+    folder = "folder"  # train/<wnid>/ and val/<wnid>/
+    shards = "shards"  # webdataset tars with DALI index files
+
+
+class DaliDevice(Enum):
+    auto = "auto"  # gpu when training on CUDA
+    cpu = "cpu"  # the whole pipeline on CPU (device_id=None)
+    gpu = "gpu"  # mixed (nvJPEG) decoding, GPU augmentation
+
+
 class Device(Enum):
     auto = "auto"  # CUDA when there is one
     cpu = "cpu"
@@ -111,7 +127,10 @@ class SyntheticConfig:
 class DataConfig:
     kind: DataKind = MISSING
     root: str | None = MISSING
-    workers: int = MISSING  # loader processes per rank
+    loader: DataLoaderKind = MISSING
+    format: DataFormat = MISSING
+    dali_device: DaliDevice = MISSING
+    workers: int = MISSING  # loader processes (torch) or threads (DALI) per rank
     num_classes: int = MISSING
     image_size: int = MISSING
     photometric: Photometric = MISSING

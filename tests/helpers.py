@@ -1,7 +1,15 @@
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
 from torch import nn
 
 from bn_repro.config import RunConfig, compose, to_object
 from bn_repro.models import build_model
+from bn_repro.train.checkpoint import checkpoints
+
+TIMING = ("images_per_s", "data_wait")
 
 
 def run_config(experiment: str, *overrides: str) -> RunConfig:
@@ -10,3 +18,26 @@ def run_config(experiment: str, *overrides: str) -> RunConfig:
 
 def model_of(experiment: str, *overrides: str, num_classes: int = 1000) -> nn.Module:
     return build_model(run_config(experiment, *overrides).model, num_classes)
+
+
+def kill_after_first_checkpoint(command: list, run_dir: Path) -> None:
+    """Start a training command and SIGKILL it (no chance to save anything) once it has saved
+    its first checkpoint."""
+    process = subprocess.Popen(command, cwd=run_dir.parent, stderr=subprocess.DEVNULL)
+    while not checkpoints(run_dir) and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.kill()
+    process.wait()
+
+
+def assert_same_records(got: list[dict], expected: list[dict]) -> None:
+    """The same records but for timings, with float tolerance."""
+    assert len(got) == len(expected)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.keys() == theirs.keys()
+        for key in mine.keys() - set(TIMING):
+            expected_value = theirs[key]
+            if isinstance(expected_value, float):
+                expected_value = pytest.approx(expected_value, rel=1e-5)
+            assert mine[key] == expected_value, (theirs, key)

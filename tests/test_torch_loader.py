@@ -1,4 +1,4 @@
-"""The torchvision loader over a prepared folder tree, and training on the generated benchmark."""
+"""loader=torch over prepared folders and shards, and training on the generated benchmark."""
 
 import dataclasses
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bn_repro.config import ConfigError
+from bn_repro.config import ConfigError, DataFormat
 from bn_repro.data import build_data
 from bn_repro.data.make_mini import MiniSpec, make_mini
 from bn_repro.data.prepare import PrepareOptions, prepare
@@ -24,12 +24,19 @@ def root(tmp_path_factory) -> Path:
     archives = tmp_path_factory.mktemp("archives")
     make_mini(archives, SPEC, workers=2)
     out = tmp_path_factory.mktemp("prepared")
-    prepare(archives, out, PrepareOptions(("folder",), 2, 1250, 0))
+    prepare(archives, out, PrepareOptions(("folder", "shards"), 2, 20, 0))
     return out
 
 
 def data_cfg(prepared: Path, **changes):
-    overrides = ("data=mini", f"data.root={prepared}", "data.num_classes=6", "data.image_size=32")
+    overrides = (
+        "data=mini",
+        f"data.root={prepared}",
+        "data.num_classes=6",
+        "data.image_size=32",
+        "data.loader=torch",
+        "data.format=folder",
+    )
     return dataclasses.replace(run_config("bn_x5", *overrides).data, **changes)
 
 
@@ -37,10 +44,11 @@ def epoch(source, number=0, start=0):
     return [(x.clone(), y.clone()) for x, y in source.train_epoch(number, start)]
 
 
-def test_two_ranks_read_the_batches_of_one_process_pixel_for_pixel(root):
-    cfg = data_cfg(root, workers=0)
-    one = epoch(build_data(cfg, 0, 0, 1, 8, pin_memory=False))
-    halves = [epoch(build_data(cfg, 0, r, 2, 4, pin_memory=False)) for r in (0, 1)]
+@pytest.mark.parametrize("data_format", list(DataFormat))
+def test_two_ranks_read_the_batches_of_one_process_pixel_for_pixel(root, data_format):
+    cfg = data_cfg(root, workers=0, format=data_format)
+    one = epoch(build_data(cfg, 0, 0, 1, 8, None))
+    halves = [epoch(build_data(cfg, 0, r, 2, 4, None)) for r in (0, 1)]
     assert len(one) == len(halves[0]) == len(halves[1]) == 72 // 8
     for (x, y), (x0, y0), (x1, y1) in zip(one, *halves, strict=True):
         torch.testing.assert_close(x, torch.cat([x0, x1]))
@@ -49,8 +57,8 @@ def test_two_ranks_read_the_batches_of_one_process_pixel_for_pixel(root):
 
 
 def test_augmentation_is_the_same_with_any_number_of_workers_and_after_a_resume(root):
-    in_process = epoch(build_data(data_cfg(root, workers=0), 0, 0, 1, 8, pin_memory=False), 2)
-    workers = build_data(data_cfg(root, workers=2), 0, 0, 1, 8, pin_memory=False)
+    in_process = epoch(build_data(data_cfg(root, workers=0), 0, 0, 1, 8, None), 2)
+    workers = build_data(data_cfg(root, workers=2), 0, 0, 1, 8, None)
     for (x, _), (y, _) in zip(in_process, epoch(workers, 2), strict=True):
         torch.testing.assert_close(x, y)
     for (x, _), (y, _) in zip(in_process[3:], epoch(workers, 2, start=3), strict=True):
@@ -59,22 +67,23 @@ def test_augmentation_is_the_same_with_any_number_of_workers_and_after_a_resume(
     assert not torch.equal(in_process[0][0], other_epoch[0][0])
 
 
-def test_validation_reads_every_image_once_over_ranks(root):
-    cfg = data_cfg(root, workers=0)
+@pytest.mark.parametrize("data_format", list(DataFormat))
+def test_validation_reads_every_image_once_over_ranks(root, data_format):
+    cfg = data_cfg(root, workers=0, format=data_format)
     seen = Counter()
     for rank in range(4):
-        for _, labels in build_data(cfg, 0, rank, 4, 2, pin_memory=False).val_batches():
+        for _, labels in build_data(cfg, 0, rank, 4, 2, None).val_batches():
             seen.update(labels.tolist())
     assert seen == {c: 3 for c in range(6)}
 
 
 def test_a_missing_root_or_a_wrong_class_count_says_what_to_do(root, tmp_path):
     with pytest.raises(ConfigError, match="has no manifest.json: prepare it with"):
-        build_data(data_cfg(tmp_path), 0, 0, 1, 8, pin_memory=False)
+        build_data(data_cfg(tmp_path), 0, 0, 1, 8, None)
     with pytest.raises(ConfigError, match="set data.num_classes=6"):
-        build_data(data_cfg(root, num_classes=100), 0, 0, 1, 8, pin_memory=False)
+        build_data(data_cfg(root, num_classes=100), 0, 0, 1, 8, None)
     with pytest.raises(ConfigError, match="data.root is not set"):
-        build_data(data_cfg(root, root=None), 0, 0, 1, 8, pin_memory=False)
+        build_data(data_cfg(root, root=None), 0, 0, 1, 8, None)
 
 
 @pytest.mark.slow
@@ -89,6 +98,7 @@ def test_training_on_the_prepared_benchmark(root, tmp_path):
             f"data.root={root}",
             "data.num_classes=6",
             "data.image_size=32",
+            "data.loader=torch",
             "trainer.global_batch=8",
             "trainer.max_paper_steps=4",
             "trainer.eval_every_paper_steps=2",

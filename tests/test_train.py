@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bn_repro.train.checkpoint import checkpoints
 from bn_repro.train.records import read_metrics, tensorboard_step
-from tests.helpers import model_of
+from tests.helpers import assert_same_records, kill_after_first_checkpoint, model_of
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,6 @@ TINY = [
     "trainer.control_every_steps=1",
     "trainer.deterministic=true",
 ]
-TIMING = ("images_per_s", "data_wait")
 
 
 def command(run_dir: Path, *overrides: str, ranks: int = 1) -> list:
@@ -52,18 +51,6 @@ def train(run_dir: Path, *overrides: str, ranks: int = 1) -> subprocess.Complete
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
-
-
-def assert_same_records(got: list[dict], expected: list[dict]) -> None:
-    """The same records but for timings, with float tolerance."""
-    assert len(got) == len(expected)
-    for mine, theirs in zip(got, expected, strict=True):
-        assert mine.keys() == theirs.keys()
-        for key in mine.keys() - set(TIMING):
-            expected_value = theirs[key]
-            if isinstance(expected_value, float):
-                expected_value = pytest.approx(expected_value, rel=1e-5)
-            assert mine[key] == expected_value, (theirs, key)
 
 
 def final_weights(run_dir: Path) -> dict:
@@ -124,14 +111,7 @@ def test_tensorboard_holds_the_numbers_of_metrics_jsonl(uninterrupted):
 
 def test_a_killed_run_resumes_and_ends_as_if_never_killed(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        command(run_dir, "experiment=bn_baseline"), cwd=tmp_path, stderr=subprocess.DEVNULL
-    )
-    while not checkpoints(run_dir) and process.poll() is None:
-        time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be killed"
-    process.kill()  # SIGKILL: no chance to save anything
-    process.wait()
+    kill_after_first_checkpoint(command(run_dir, "experiment=bn_baseline"), run_dir)
     killed_at = len(read_metrics(run_dir))
 
     result = train(run_dir, "experiment=bn_baseline")

@@ -1,9 +1,9 @@
 from collections.abc import Iterator
 from typing import Protocol
 
-from bn_repro.config import ConfigError, DataConfig, DataKind
-from bn_repro.data.folder import FolderData
+from bn_repro.config import ConfigError, DaliDevice, DataConfig, DataKind, DataLoaderKind
 from bn_repro.data.synthetic import Batch, SyntheticData
+from bn_repro.data.torch_loader import TorchData
 
 
 class DataSource(Protocol):
@@ -17,11 +17,21 @@ class DataSource(Protocol):
     def val_batches(self) -> Iterator[Batch]:
         """This rank's share of the validation set; every image on exactly one rank."""
 
+    def state(self) -> str | None:
+        """The reader's position and random state beyond (epoch, batch), for checkpoints."""
+
 
 def build_data(
-    cfg: DataConfig, seed: int, rank: int, world_size: int, batch: int, pin_memory: bool
+    cfg: DataConfig,
+    seed: int,
+    rank: int,
+    world_size: int,
+    batch: int,
+    cuda_device: int | None,
+    state: str | None = None,
 ) -> DataSource:
-    """The training and validation data of this rank, `batch` images per rank and step."""
+    """The training and validation data of this rank, `batch` images per rank and step;
+    cuda_device is the rank's GPU when it trains on one."""
     if cfg.kind is DataKind.synthetic:
         return SyntheticData(cfg, seed, rank, world_size, batch)
     if cfg.root is None:
@@ -29,4 +39,15 @@ def build_data(
             "data.root is not set: point it at the output of `bn-repro prepare`"
             " (for ILSVRC2012: bn-repro prepare --source ARCHIVES --out DIR, then data.root=DIR)"
         )
-    return FolderData(cfg, seed, rank, world_size, batch, pin_memory)
+    if cfg.loader is DataLoaderKind.torch:
+        return TorchData(cfg, seed, rank, world_size, batch, pin_memory=cuda_device is not None)
+    from bn_repro.data.dali_loader import DaliData  # DALI only when asked for
+
+    if cfg.dali_device is DaliDevice.gpu and cuda_device is None:
+        raise ConfigError(
+            "data.dali_device=gpu needs training on CUDA: use dali_device=cpu or auto"
+        )
+    gpu = cfg.dali_device is DaliDevice.gpu or (
+        cfg.dali_device is DaliDevice.auto and cuda_device is not None
+    )
+    return DaliData(cfg, seed, rank, world_size, batch, cuda_device if gpu else None, state)

@@ -45,11 +45,24 @@ def train_transform(size: int, strength: Photometric) -> v2.Transform:
     )
 
 
+class CentreCrop:
+    """A centre crop whose offset rounds half up, as DALI's crop_pos 0.5 does (torchvision's
+    CenterCrop rounds half to even): the loaders then crop the very same pixels."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image):
+        height, width = v2.functional.get_size(image)
+        top, left = (height - self.size + 1) // 2, (width - self.size + 1) // 2
+        return v2.functional.crop(image, top, left, self.size, self.size)
+
+
 def val_transform(size: int) -> v2.Transform:
     return v2.Compose(
         [
             v2.Resize(round(size / VAL_CROP_FRACTION), antialias=True),
-            v2.CenterCrop(size),
+            CentreCrop(size),
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(MEAN, STD),

@@ -1,7 +1,8 @@
-"""Prepared data read with torchvision (the fallback loader): decoding and transforms in loader
-worker processes, with the batches, order and validation split of every source (sharding.py)."""
+"""loader=torch: prepared folders or shards read with PIL and torchvision transforms in loader
+worker processes, with the batches, order and validation split of every source (sharding.py).
+The fallback for DALI, and its yardstick."""
 
-import json
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,29 +10,22 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from bn_repro.config import ConfigError, DataConfig
+from bn_repro.config import ConfigError, DataConfig, DataFormat
 from bn_repro.data.augment import train_transform, val_transform
+from bn_repro.data.prepared import Item, folder_items, read_manifest, shard_items
 from bn_repro.data.sharding import batches_per_epoch, train_batches, val_batches
 from bn_repro.data.synthetic import Batch
 
 
-class FolderData:
-    """The train/<wnid>/ and val/<wnid>/ tree that `bn-repro prepare` writes."""
-
+class TorchData:
     def __init__(
         self, cfg: DataConfig, seed: int, rank: int, world_size: int, batch: int, pin_memory: bool
     ):
         root = Path(cfg.root)
         manifest = read_manifest(root)
-        wnids = [c["wnid"] for c in manifest["classes"]]
-        if len(wnids) != cfg.num_classes:
-            raise ConfigError(
-                f"{root} holds {len(wnids)} classes but data.num_classes={cfg.num_classes}:"
-                f" set data.num_classes={len(wnids)}"
-            )
-        self.train, self.val = (
-            _listing(root, split, wnids, manifest["splits"][split]) for split in ("train", "val")
-        )
+        check_classes(root, manifest, cfg.num_classes)
+        items = folder_items if cfg.format is DataFormat.folder else shard_items
+        self.train, self.val = (items(root, manifest, split) for split in ("train", "val"))
         if batches_per_epoch(len(self.train), world_size, batch) == 0:
             raise ConfigError(
                 f"{root} has fewer training images than one global batch of {batch * world_size}"
@@ -57,21 +51,19 @@ class FolderData:
         batches = val_batches(len(self.val), self.rank, self.world_size, self.batch)
         return self._load(_Batches(self.val, batches, self.val_transform, None))
 
+    def state(self) -> None:
+        return None  # the position is the epoch and batch the trainer keeps
+
     def _load(self, batches: "_Batches") -> Iterator[Batch]:
-        return iter(
-            DataLoader(
-                batches, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory
-            )
+        loader = DataLoader(
+            batches, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory
         )
+        return iter(loader)
 
 
 class _Batches(Dataset):
     def __init__(
-        self,
-        items: list[tuple[str, int]],
-        batches: list[torch.Tensor],
-        transform,
-        seed: tuple | None,
+        self, items: list[Item], batches: list[torch.Tensor], transform, seed: tuple | None
     ):
         self.items, self.batches, self.transform, self.seed = items, batches, transform, seed
 
@@ -81,35 +73,20 @@ class _Batches(Dataset):
     def __getitem__(self, k: int) -> Batch:
         images, labels = [], []
         for index in self.batches[k].tolist():
-            path, label = self.items[index]
+            item = self.items[index]
             if self.seed is not None:
                 torch.manual_seed(hash((*self.seed, index)) % 2**63)
-            with Image.open(path) as image:
+            source = item.path if item.size < 0 else io.BytesIO(item.read())
+            with Image.open(source) as image:
                 images.append(self.transform(image.convert("RGB")))
-            labels.append(label)
+            labels.append(item.label)
         return torch.stack(images), torch.tensor(labels)
 
 
-def read_manifest(root: Path) -> dict:
-    path = root / "manifest.json"
-    if not path.exists():
+def check_classes(root: Path, manifest: dict, num_classes: int) -> None:
+    found = len(manifest["classes"])
+    if found != num_classes:
         raise ConfigError(
-            f"data.root={root} has no manifest.json: prepare it with"
-            f" `bn-repro prepare --source SOURCE --out {root}`"
+            f"{root} holds {found} classes but data.num_classes={num_classes}:"
+            f" set data.num_classes={found}"
         )
-    return json.loads(path.read_text())
-
-
-def _listing(root: Path, split: str, wnids: list[str], expected: int) -> list[tuple[str, int]]:
-    """(path, class index) of every image of the split, in a fixed order."""
-    items = [
-        (str(path), label)
-        for label, wnid in enumerate(wnids)
-        for path in sorted((root / split / wnid).glob("*"))
-    ]
-    if len(items) != expected:
-        raise ConfigError(
-            f"{root / split} holds {len(items)} images, its manifest {expected}: was it prepared"
-            " with --formats folder, and completely?"
-        )
-    return items

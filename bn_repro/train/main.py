@@ -45,9 +45,11 @@ def train(cfg: RunConfig) -> dict:
         model.to(compute.device, memory_format=memory_format(compute))
         optimizer = build_optimizer(model, hp)
         batch = per_rank_batch(cfg.trainer.global_batch, dist.world_size)
-        cuda = compute.device.type == "cuda"
-        data = build_data(cfg.data, cfg.seed, dist.rank, dist.world_size, batch, pin_memory=cuda)
-        progress = resume(run_dir, resolved, model, optimizer, dist)
+        progress, loader_state = resume(run_dir, resolved, model, optimizer, dist)
+        cuda_device = compute.device.index if compute.device.type == "cuda" else None
+        data = build_data(
+            cfg.data, cfg.seed, dist.rank, dist.world_size, batch, cuda_device, loader_state
+        )
         if progress.step == 0:
             torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout draws differ between ranks
         records = Records(run_dir, progress.step, dist.is_main)
@@ -144,11 +146,14 @@ def make_plan(cfg: RunConfig) -> Plan:
     )
 
 
-def resume(run_dir: Path, resolved: dict, model, optimizer, dist: Dist) -> Progress:
-    """Restore the latest checkpoint of run_dir into the model and optimizer, if there is one."""
+def resume(
+    run_dir: Path, resolved: dict, model, optimizer, dist: Dist
+) -> tuple[Progress, str | None]:
+    """Restore the latest checkpoint of run_dir into the model and optimizer, if there is one;
+    where the run stands, and this rank's loader state."""
     payload = checkpoint.load_latest(run_dir)
     if payload is None:
-        return Progress()
+        return Progress(), None
     saved, current = OmegaConf.create(payload["config"]), OmegaConf.create(resolved)
     differing = [
         key
@@ -168,7 +173,9 @@ def resume(run_dir: Path, resolved: dict, model, optimizer, dist: Dist) -> Progr
         torch.cuda.set_rng_state(rng[1], dist.device)
     progress = Progress(**payload["progress"])
     log.info("resumed at optimizer step %d (epoch %d)", progress.step, progress.epoch)
-    return progress
+    # a loader's state belongs to its rank: with another world size the loader starts over
+    states = payload["loader"]
+    return progress, states[dist.rank] if len(states) == dist.world_size else None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

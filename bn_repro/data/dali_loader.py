@@ -1,0 +1,222 @@
+"""loader=dali: the training and validation pipelines, reading the prepared folder tree (file
+reader) or the shards (webdataset reader with index files). dali_device=gpu decodes with nvJPEG
+(mixed); cpu keeps every operator on the CPU and builds with device_id=None.
+
+Transforms match torchvision's (augment.py): the crop ranges, flip, photometric strengths and
+the validation resize-then-centre-crop, all with antialiased linear interpolation."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from bn_repro.config import ConfigError, DataConfig, DataFormat, Photometric
+from bn_repro.data.augment import (
+    CROP_AREA,
+    CROP_ASPECT,
+    FULL_DISTORTION,
+    MEAN,
+    STD,
+    STRENGTH,
+    VAL_CROP_FRACTION,
+)
+from bn_repro.data.prepared import folder_items, read_manifest, shard_paths
+from bn_repro.data.synthetic import Batch
+from bn_repro.data.torch_loader import check_classes
+
+READER = "Reader"
+SHUFFLE_BUFFER = 4096  # samples the shard reader mixes, on top of the shards' global shuffle
+
+
+def _read(source: dict, rank: int, world_size: int, train: bool, shuffle_seed: int):
+    # Every reader pads its shard so all ranks see as many batches; validation keeps its shard
+    # (stick_to_shard) and reads in order, so PARTIAL batches cover every image exactly once.
+    common = dict(shard_id=rank, num_shards=world_size, pad_last_batch=True, name=READER)
+    if "shards" in source:
+        return fn.readers.webdataset(
+            paths=source["shards"],
+            index_paths=source["indexes"],
+            ext=["jpg", "label"],
+            dtypes=[types.UINT8, types.INT64],
+            missing_component_behavior="error",
+            random_shuffle=train,
+            initial_fill=SHUFFLE_BUFFER,
+            stick_to_shard=not train,
+            seed=shuffle_seed + rank,
+            **common,
+        )
+    # A fresh global permutation every epoch, the same on every rank (the run's seed).
+    shuffle = (
+        {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": shuffle_seed} if train else {}
+    )
+    return fn.readers.file(
+        files=source["files"],
+        labels=source["labels"],
+        stick_to_shard=not train,
+        **shuffle,
+        **common,
+    )
+
+
+def _normalize(images, mirror=None, crop=None):
+    return fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        mean=[255 * m for m in MEAN],
+        std=[255 * s for s in STD],
+        mirror=mirror if mirror is not None else 0,
+        **({"crop": crop, "crop_pos_x": 0.5, "crop_pos_y": 0.5} if crop else {}),
+    )
+
+
+def _distort(images, strength: Photometric):
+    scale = STRENGTH[strength]
+    if scale == 0:
+        return images
+    full = FULL_DISTORTION
+
+    def factor(spread: float):
+        return fn.random.uniform(range=[1 - spread * scale, 1 + spread * scale])
+
+    return fn.color_twist(
+        images,
+        brightness=factor(2 * full["brightness"]),  # as ColorJitter's factor, augment.py
+        contrast=factor(full["contrast"]),
+        saturation=factor(full["saturation"]),
+        hue=fn.random.uniform(range=[-360 * full["hue"] * scale, 360 * full["hue"] * scale]),
+    )
+
+
+@pipeline_def
+def train_pipeline(
+    source: dict,
+    rank: int,
+    world_size: int,
+    size: int,
+    strength: Photometric,
+    gpu: bool,
+    shuffle_seed: int,
+):
+    jpegs, labels = _read(source, rank, world_size, True, shuffle_seed)
+    # Decode only the random crop's region (fused decode-and-crop), then resize it.
+    images = fn.decoders.image_random_crop(
+        jpegs,
+        device="mixed" if gpu else "cpu",
+        output_type=types.RGB,
+        random_area=list(CROP_AREA),
+        random_aspect_ratio=list(CROP_ASPECT),
+        num_attempts=10,
+    )
+    images = fn.resize(
+        images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True
+    )
+    images = _distort(images, strength)
+    return _normalize(images, mirror=fn.random.coin_flip(probability=0.5)), labels
+
+
+@pipeline_def
+def val_pipeline(source: dict, rank: int, world_size: int, size: int, gpu: bool, shuffle_seed: int):
+    jpegs, labels = _read(source, rank, world_size, False, shuffle_seed)
+    images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+    images = fn.resize(
+        images,
+        resize_shorter=round(size / VAL_CROP_FRACTION),
+        interp_type=types.INTERP_LINEAR,
+        antialias=True,
+    )
+    return _normalize(images, crop=(size, size)), labels
+
+
+class DaliData:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        seed: int,
+        rank: int,
+        world_size: int,
+        batch: int,
+        device_id: int | None,
+        state: str | None = None,
+    ):
+        root = Path(cfg.root)
+        manifest = read_manifest(root)
+        check_classes(root, manifest, cfg.num_classes)
+        train, val = (_source(root, manifest, cfg.format, split) for split in ("train", "val"))
+        self.val_size = manifest["splits"]["val"]
+        gpu = device_id is not None
+        common = dict(
+            batch_size=batch,
+            num_threads=max(1, cfg.workers),
+            device_id=device_id,
+            prefetch_queue_depth=2,
+        )
+        # Augmentation draws differ per rank; the reader's permutation is the run's, shared.
+        train_pipe = train_pipeline(
+            train,
+            rank,
+            world_size,
+            cfg.image_size,
+            cfg.photometric,
+            gpu,
+            seed,
+            seed=seed * 1000 + rank,
+            enable_checkpointing=True,
+            checkpoint=state,
+            **common,
+        )
+        val_pipe = val_pipeline(
+            val, rank, world_size, cfg.image_size, gpu, seed, seed=seed, **common
+        )
+        self.restored = state is not None
+        self.train = DALIGenericIterator(
+            [train_pipe],
+            ["images", "labels"],
+            reader_name=READER,
+            last_batch_policy=LastBatchPolicy.DROP,
+        )
+        self.val = DALIGenericIterator(
+            [val_pipe],
+            ["images", "labels"],
+            reader_name=READER,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+        )
+        if len(self.train) == 0:
+            raise ConfigError(
+                f"{root} has fewer training images than one global batch of {batch * world_size}"
+            )
+
+    def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        # A restored pipeline continues where its checkpoint left it; without a state (a run
+        # that began with another loader) the epoch's first batches are read and skipped.
+        skip = 0 if self.restored else start_batch
+        self.restored = False
+        for index, outputs in enumerate(self.train):
+            if index >= skip:
+                yield _batch(outputs)
+        self.train.reset()
+
+    def val_batches(self) -> Iterator[Batch]:
+        for outputs in self.val:
+            images, labels = _batch(outputs)
+            if len(labels):  # PARTIAL can leave a rank an empty last batch
+                yield images, labels
+        self.val.reset()
+
+    def state(self) -> str:
+        """The train pipeline's position and random state, for the checkpoint."""
+        return self.train.checkpoints()[0]
+
+
+def _batch(outputs: list[dict]) -> Batch:
+    return outputs[0]["images"], outputs[0]["labels"].reshape(-1).to(torch.int64)
+
+
+def _source(root: Path, manifest: dict, data_format: DataFormat, split: str) -> dict:
+    if data_format is DataFormat.shards:
+        shards, indexes = shard_paths(root, manifest, split)
+        return {"shards": shards, "indexes": indexes}
+    items = folder_items(root, manifest, split)
+    return {"files": [i.path for i in items], "labels": [i.label for i in items]}
