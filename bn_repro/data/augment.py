@@ -6,6 +6,8 @@ accelerated networks (Sec. 4.2.1) without saying how much less; "reduced" halves
 """
 
 import torch
+from PIL import Image
+from torchvision import transforms
 from torchvision.transforms import v2
 
 from bn_repro.config import Photometric
@@ -31,16 +33,37 @@ def photometric(strength: Photometric) -> v2.Transform:
     return v2.ColorJitter(**jitter)
 
 
+class RandomResizedCropRGB:
+    """torchvision's RandomResizedCrop (the same crops, from torch's generator) in one PIL pass:
+    crop and antialiased bilinear resize together, then RGB, with no full-size copy. The
+    fallback's version of DALI's fused decode-and-crop."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        top, left, height, width = transforms.RandomResizedCrop.get_params(
+            image, list(CROP_AREA), list(CROP_ASPECT)
+        )
+        box = (left, top, left + width, top + height)
+        return image.resize((self.size, self.size), Image.BILINEAR, box=box).convert("RGB")
+
+
+class ToRGB:
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.convert("RGB")
+
+
 def train_transform(size: int, strength: Photometric) -> v2.Transform:
-    """RGB image (PIL or uint8 tensor) -> normalized float crop, drawn from torch's generator."""
+    """A decoded PIL image (RGB or grayscale) -> normalized float crop, from torch's generator."""
     return v2.Compose(
         [
-            v2.RandomResizedCrop(size, scale=CROP_AREA, ratio=CROP_ASPECT, antialias=True),
+            RandomResizedCropRGB(size),
             v2.RandomHorizontalFlip(),
             photometric(strength),
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(MEAN, STD),
+            v2.Normalize(MEAN, STD, inplace=True),
         ]
     )
 
@@ -61,10 +84,11 @@ class CentreCrop:
 def val_transform(size: int) -> v2.Transform:
     return v2.Compose(
         [
+            ToRGB(),
             v2.Resize(round(size / VAL_CROP_FRACTION), antialias=True),
             CentreCrop(size),
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(MEAN, STD),
+            v2.Normalize(MEAN, STD, inplace=True),
         ]
     )

@@ -75,10 +75,12 @@ class _Batches(Dataset):
         for index in self.batches[k].tolist():
             item = self.items[index]
             if self.seed is not None:
-                torch.manual_seed(hash((*self.seed, index)) % 2**63)
+                # the CPU generator the transforms draw from (torch.manual_seed would also
+                # seed CUDA: 60 us an image against 1 us)
+                torch.default_generator.manual_seed(hash((*self.seed, index)) % 2**63)
             source = item.path if item.size < 0 else io.BytesIO(item.read())
             with Image.open(source) as image:
-                images.append(self.transform(image.convert("RGB")))
+                images.append(self.transform(image))
             labels.append(item.label)
         return torch.stack(images), torch.tensor(labels)
 
