@@ -110,8 +110,15 @@ def train_pipeline(
         random_aspect_ratio=list(CROP_ASPECT),
         num_attempts=10,
     )
+    # Float out of the resize: the distortion and normalization then skip a uint8 round trip
+    # (measured on 2 CPU cores: 764 -> 988 images/s with full distortion).
     images = fn.resize(
-        images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True
+        images,
+        resize_x=size,
+        resize_y=size,
+        interp_type=types.INTERP_LINEAR,
+        antialias=True,
+        dtype=types.FLOAT,
     )
     images = _distort(images, strength)
     return _normalize(images, mirror=fn.random.coin_flip(probability=0.5)), labels
@@ -130,6 +137,43 @@ def val_pipeline(source: dict, rank: int, world_size: int, size: int, gpu: bool,
     return _normalize(images, crop=(size, size)), labels
 
 
+def dali_train_pipeline(
+    cfg: DataConfig,
+    seed: int,
+    rank: int,
+    world_size: int,
+    batch: int,
+    device_id: int | None,
+    state: str | None = None,
+):
+    """The training pipeline of this rank, restored from a DALI checkpoint when given one."""
+    root = Path(cfg.root)
+    source = _source(root, read_manifest(root), cfg.format, "train")
+    # Augmentation draws differ per rank; the reader's permutation is the run's, shared.
+    return train_pipeline(
+        source,
+        rank,
+        world_size,
+        cfg.image_size,
+        cfg.photometric,
+        device_id is not None,
+        seed,
+        seed=seed * 1000 + rank,
+        enable_checkpointing=True,
+        checkpoint=state,
+        **_pipeline_options(cfg, batch, device_id),
+    )
+
+
+def _pipeline_options(cfg: DataConfig, batch: int, device_id: int | None) -> dict:
+    return dict(
+        batch_size=batch,
+        num_threads=max(1, cfg.workers),
+        device_id=device_id,
+        prefetch_queue_depth=2,
+    )
+
+
 class DaliData:
     def __init__(
         self,
@@ -144,31 +188,18 @@ class DaliData:
         root = Path(cfg.root)
         manifest = read_manifest(root)
         check_classes(root, manifest, cfg.num_classes)
-        train, val = (_source(root, manifest, cfg.format, split) for split in ("train", "val"))
         self.val_size = manifest["splits"]["val"]
-        gpu = device_id is not None
-        common = dict(
-            batch_size=batch,
-            num_threads=max(1, cfg.workers),
-            device_id=device_id,
-            prefetch_queue_depth=2,
-        )
-        # Augmentation draws differ per rank; the reader's permutation is the run's, shared.
-        train_pipe = train_pipeline(
-            train,
+        train_pipe = dali_train_pipeline(cfg, seed, rank, world_size, batch, device_id, state)
+        val = _source(root, manifest, cfg.format, "val")
+        val_pipe = val_pipeline(
+            val,
             rank,
             world_size,
             cfg.image_size,
-            cfg.photometric,
-            gpu,
+            device_id is not None,
             seed,
-            seed=seed * 1000 + rank,
-            enable_checkpointing=True,
-            checkpoint=state,
-            **common,
-        )
-        val_pipe = val_pipeline(
-            val, rank, world_size, cfg.image_size, gpu, seed, seed=seed, **common
+            seed=seed,
+            **_pipeline_options(cfg, batch, device_id),
         )
         self.restored = state is not None
         self.train = DALIGenericIterator(
