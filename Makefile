@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test
+.PHONY: setup demo test bench-loader
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,20 @@ demo: setup $(MINI)/prepared/manifest.json
 		trainer.eval_every_paper_steps=50 trainer.log_every_paper_steps=25 \
 		'run_dir=runs/demo/mini/$${name}' hydra.sweep.dir=runs/demo/mini
 	@echo "Records of each run: runs/demo/mini/<experiment>/ (summary.json, metrics.jsonl, tensorboard/)"
+
+# Loader images/s on this machine (results/bench/loader-cpu-*.json), from generated images of
+# ImageNet's typical size, 500 x 375, and file size: quality 95 gives ~104 KB a JPEG, as the
+# ILSVRC2012 train set's 138 GB / 1,281,167 images ~ 108 KB.
+BENCH := data/bench
+
+$(BENCH)/prepared/manifest.json: | setup
+	$(BIN)/bn-repro make-mini $(BENCH)/archives --classes 10 --train-per-class 120 \
+		--val-per-class 2 --size 500 --height 375 --quality 95
+	$(BIN)/bn-repro prepare --source $(BENCH)/archives --out $(BENCH)/prepared
+
+bench-loader: $(BENCH)/prepared/manifest.json
+	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --photometric none
+	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --photometric full
 
 test: setup
 	$(BIN)/ruff format --check .

@@ -7,9 +7,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bn_repro.config import ConfigError, compose, to_object
+from bn_repro.bench.loader import LOADERS, LoaderBench, run
+from bn_repro.bench.record import write_record
+from bn_repro.config import ConfigError, DataFormat, Photometric, compose, to_object
 from bn_repro.data.make_mini import MiniSpec, make_mini
 from bn_repro.data.prepare import FORMATS, PrepareOptions, prepare
+from bn_repro.data.prepared import read_manifest
 from bn_repro.data.sources import PrepareError
 from bn_repro.describe import describe
 
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return train(argv[1:])
     add_prepare(commands)
     add_make_mini(commands)
+    add_bench(commands)
     args = parser.parse_args(argv)
     try:
         args.run(args)
@@ -112,14 +116,26 @@ def add_make_mini(commands) -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--train-per-class", type=int, default=300)
     parser.add_argument("--val-per-class", type=int, default=50)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--size", type=int, default=64, help="image width (and height), pixels")
+    parser.add_argument(
+        "--height", type=int, help="a smaller height: the centre band (ImageNet-like: 500 x 375)"
+    )
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.set_defaults(run=run_make_mini)
 
 
 def run_make_mini(args: argparse.Namespace) -> None:
-    spec = MiniSpec(args.classes, args.train_per_class, args.val_per_class, args.size, args.seed)
+    spec = MiniSpec(
+        args.classes,
+        args.train_per_class,
+        args.val_per_class,
+        args.size,
+        args.seed,
+        args.height,
+        args.quality,
+    )
     if (
         min(spec.classes, spec.train_per_class, spec.val_per_class, args.workers) < 1
         or spec.size < 16
@@ -141,3 +157,68 @@ def train(overrides: list[str]) -> int:
     sys.argv = ["bn-repro train", *overrides]
     hydra_main()
     return 0
+
+
+def add_bench(commands) -> None:
+    parser = commands.add_parser("bench", help="benchmarks, recorded as JSON under results/bench/")
+    benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    loader = benches.add_parser(
+        "loader",
+        help="training-pipeline images/s of the loaders, side by side",
+        description="Images/s of training batches at the trainer's output size after a warm-up:"
+        " the classic PyTorch ImageNet recipe, loader=torch, loader=dali, and the DALI pipeline"
+        " bare. Reads a prepared dataset (bn-repro prepare --formats folder,shards).",
+    )
+    loader.add_argument("--root", type=Path, required=True, help="a prepared dataset")
+    loader.add_argument("--loaders", default=",".join(LOADERS), help=f"from {', '.join(LOADERS)}")
+    loader.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="DALI's device")
+    loader.add_argument("--format", choices=("folder", "shards"), default="folder")
+    loader.add_argument("--size", type=int, default=224, help="output crop, pixels")
+    loader.add_argument(
+        "--photometric",
+        choices=[p.value for p in Photometric],
+        default="none",
+        help="our loaders' distortion (default none: the classic recipe does none)",
+    )
+    loader.add_argument("--batch", type=int, default=64)
+    loader.add_argument("--workers", type=int, default=os.cpu_count(), help="processes/threads")
+    loader.add_argument("--warmup", type=int, default=5, help="batches before timing")
+    loader.add_argument("--batches", type=int, default=30, help="batches timed")
+    loader.add_argument(
+        "--out", type=Path, help="default results/bench/loader-DEVICE-PHOTOMETRIC.json"
+    )
+    loader.set_defaults(run=run_bench_loader)
+
+
+def run_bench_loader(args: argparse.Namespace) -> None:
+    names = tuple(name for name in args.loaders.split(",") if name)
+    if not names or set(names) - set(LOADERS):
+        raise ConfigError(f"--loaders {args.loaders}: choose from {', '.join(LOADERS)}")
+    bench = LoaderBench(
+        args.root,
+        names,
+        args.device,
+        DataFormat(args.format),
+        args.size,
+        Photometric(args.photometric),
+        args.batch,
+        args.workers,
+        args.warmup,
+        args.batches,
+    )
+    read_manifest(args.root)  # a clear error before any loader starts
+    results = {name: round(rate, 1) for name, rate in run(bench).items()}
+    ratios = {
+        f"{a}/{b}": round(results[a] / results[b], 3)
+        for a, b in (("dali", "classic"), ("dali", "dali-bare"), ("torch", "classic"))
+        if a in results and b in results
+    }
+    settings = {k: getattr(v, "value", v) for k, v in vars(bench).items()}
+    settings["root"] = str(bench.root)
+    out = args.out or Path("results/bench") / f"loader-{args.device}-{args.photometric}.json"
+    write_record(out, settings, {"images_per_s": results, "ratios": ratios})
+    for name, rate in results.items():
+        print(f"{name:>10}: {rate:8.1f} images/s")
+    for name, ratio in ratios.items():
+        print(f"{name:>16}: {ratio:.2f}")
+    print(f"written to {out}")

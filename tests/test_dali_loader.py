@@ -12,22 +12,15 @@ import torch
 
 from bn_repro.config import DataFormat, DataLoaderKind
 from bn_repro.data import build_data
-from bn_repro.data.make_mini import MiniSpec, make_mini
-from bn_repro.data.prepare import PrepareOptions, prepare
 from bn_repro.train.records import read_metrics
 from tests.helpers import assert_same_records, kill_after_first_checkpoint, run_config
 
-SPEC = MiniSpec(classes=6, train_per_class=24, val_per_class=5, size=40, seed=2)
 FORMATS = list(DataFormat)
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    archives = tmp_path_factory.mktemp("archives")
-    make_mini(archives, SPEC, workers=2)
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(archives, out, PrepareOptions(("folder", "shards"), 2, 20, 0))
-    return out
+@pytest.fixture
+def root(prepared_small) -> Path:
+    return prepared_small
 
 
 def data_cfg(prepared: Path, **changes):
@@ -126,3 +119,36 @@ def test_training_with_dali_resumes_after_a_kill_as_if_never_killed(root, tmp_pa
     assert "resumed at optimizer step" in result.stderr
     assert_same_records(read_metrics(killed), read_metrics(whole))
     assert [r["count"] for r in read_metrics(whole) if r["kind"] == "eval"] == [30, 30]
+
+
+@pytest.mark.slow
+def test_two_ranks_train_with_dali_and_count_validation_once(root, tmp_path):
+    run_dir = tmp_path / "run"
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run(
+        [
+            bin_dir / "torchrun",
+            "--standalone",
+            "--nproc_per_node=2",
+            "--no-python",
+            bin_dir / "bn-repro",
+            "train",
+            "experiment=bn_x5",
+            "data=mini",
+            f"data.root={root}",
+            "data.num_classes=6",
+            "data.image_size=32",
+            "data.dali_device=cpu",
+            "data.workers=1",
+            "trainer.global_batch=16",
+            "trainer.max_paper_steps=8",
+            "trainer.eval_every_paper_steps=4",
+            f"run_dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    evals = [r for r in read_metrics(run_dir) if r["kind"] == "eval"]
+    assert [r["count"] for r in evals] == [30, 30]  # 15 per rank, none twice
+    assert [r["step"] for r in evals] == [8, 16]
