@@ -109,6 +109,7 @@ class Trainer:
     records: Records
     run_dir: Path
     checkpoint_extra: dict  # saved with every checkpoint (the resolved config)
+    identity: dict  # what the run is, in the summary: the report reads no config
     stop_signal: list = field(default_factory=list)  # filled by stop_on_signals
     window: "Window" = field(init=False)
     last_checkpoint: float = field(init=False)
@@ -306,6 +307,7 @@ class Trainer:
     def summary(self, progress: Progress, status: str) -> dict:
         counters = self.plan.counters(progress)
         return {
+            **self.identity,
             "status": status,
             **counters,
             "world_size": self.dist.world_size,

@@ -76,6 +76,7 @@ def train(cfg: RunConfig) -> dict:
             records,
             run_dir,
             checkpoint_extra={"config": resolved},
+            identity=identity(cfg),
         )
         log.info(
             "training %s for %s paper steps in %s",
@@ -104,6 +105,17 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataPar
             device_ids=[device] if device.type == "cuda" else None,
             broadcast_buffers=False,
         )
+
+
+def identity(cfg: RunConfig) -> dict:
+    return {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "lr_multiplier": cfg.optim.lr_multiplier,
+        "norm": cfg.model.norm.value,
+        "activation": cfg.model.activation.value,
+        "data": cfg.data.root or cfg.data.kind.value,
+    }
 
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:
