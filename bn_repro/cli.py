@@ -15,6 +15,7 @@ from bn_repro.data.prepare import FORMATS, PrepareOptions, prepare
 from bn_repro.data.prepared import read_manifest
 from bn_repro.data.sources import PrepareError
 from bn_repro.describe import describe
+from bn_repro.report import ReportError, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     add_prepare(commands)
     add_make_mini(commands)
     add_bench(commands)
+    add_report(commands)
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, PrepareError) as error:
+    except (ConfigError, PrepareError, ReportError) as error:
         print(f"bn-repro {args.command}: {error}", file=sys.stderr)
         return 2
     return 0
@@ -222,3 +224,21 @@ def run_bench_loader(args: argparse.Namespace) -> None:
     for name, ratio in ratios.items():
         print(f"{name:>16}: {ratio:.2f}")
     print(f"written to {out}")
+
+
+def add_report(commands) -> None:
+    parser = commands.add_parser(
+        "report",
+        help="the Figure 3 table, Figure 2 curves and learning-rate comparison of runs",
+        description="Read the runs under RUN_OR_SWEEP_DIR (their metrics.jsonl and summary.json)"
+        " and write figure3.md/.csv, figure2.png/.svg, lr_multipliers.md/.png and README.md to"
+        " --out, beside the paper's numbers.",
+    )
+    parser.add_argument("paths", type=Path, nargs="+", metavar="RUN_OR_SWEEP_DIR")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> None:
+    rows = write_report(args.paths, args.out)
+    print(f"{len(rows)} variants; {args.out}/figure3.md, figure2.png, lr_multipliers.png")

@@ -1,0 +1,87 @@
+"""Figure 2 (validation top-1 against paper steps) and the learning-rate comparison, drawn."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bn_repro.report.runs import Run  # noqa: E402
+from bn_repro.report.tables import ORDER, LrPoint, Target  # noqa: E402
+
+
+def figure2(runs: list[Run], target: Target, out: Path) -> None:
+    """Every run's curve, one colour per variant; a marker where each first reaches the target."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    names = sorted({r.name for r in runs}, key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))
+    colours = dict(zip(names, plt.cm.tab10.colors, strict=False))
+    for name in names:
+        for index, run in enumerate(r for r in runs if r.name == name and r.evals):
+            steps = [e["paper_steps"] for e in run.evals]
+            top1 = [e["top1"] for e in run.evals]
+            axes.plot(steps, top1, color=colours[name], label=name if index == 0 else None, lw=1.4)
+            reached = run.steps_to(target.top1) if target.top1 is not None else None
+            if reached is not None:
+                axes.plot(reached, target.top1, marker="o", color=colours[name], ms=6)
+    if target.top1 is not None:
+        axes.axhline(
+            target.top1, color="grey", ls="--", lw=1, label=f"target {100 * target.top1:.1f}%"
+        )
+    axes.set_xlabel("training steps of 32 images (paper steps)")
+    axes.set_ylabel("validation top-1 (single crop)")
+    axes.set_title("Figure 2: validation accuracy against training steps")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    for suffix in ("png", "svg"):
+        figure.savefig(out / f"figure2.{suffix}", dpi=150)
+    plt.close(figure)
+
+
+def lr_plot(points: list[LrPoint], out: Path) -> None:
+    """Maximum top-1 and steps to target against the multiplier, with and without BN; a cross
+    on the axis for each multiplier whose runs all diverged."""
+    figure, (accuracy, steps) = plt.subplots(1, 2, figsize=(10, 4))
+    for norm, colour in (("batchnorm", "tab:blue"), ("none", "tab:orange")):
+        mine = [p for p in points if p.norm == norm]
+        label = "with BN" if norm == "batchnorm" else "without BN"
+        good = [p for p in mine if p.max_top1]
+        accuracy.plot(
+            [p.lr_multiplier for p in good],
+            [p.max_top1.mean for p in good],
+            "o-",
+            color=colour,
+            label=label,
+        )
+        lost = [p.lr_multiplier for p in mine if p.diverged == p.runs]
+        accuracy.plot(
+            lost,
+            [0] * len(lost),
+            "x",
+            color=colour,
+            ms=10,
+            mew=2,
+            label=f"{label}: diverged" if lost else None,
+        )
+        reached = [p for p in mine if p.steps_to_target]
+        steps.plot(
+            [p.lr_multiplier for p in reached],
+            [p.steps_to_target.mean for p in reached],
+            "o-",
+            color=colour,
+            label=label,
+        )
+    multipliers = sorted({p.lr_multiplier for p in points})
+    for axes, title in ((accuracy, "maximum top-1"), (steps, "paper steps to the target")):
+        axes.set_xscale("log")
+        axes.set_xticks(multipliers, [f"{m:g}" for m in multipliers])
+        axes.minorticks_off()
+        axes.set_xlabel("learning-rate multiplier (x 0.0015)")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    for suffix in ("png", "svg"):
+        figure.savefig(out / f"lr_multipliers.{suffix}", dpi=150)
+    plt.close(figure)
