@@ -12,20 +12,12 @@ import torch
 
 from bn_repro.config import ConfigError, DataFormat
 from bn_repro.data import build_data
-from bn_repro.data.make_mini import MiniSpec, make_mini
-from bn_repro.data.prepare import PrepareOptions, prepare
 from tests.helpers import run_config
 
-SPEC = MiniSpec(classes=6, train_per_class=12, val_per_class=3, size=40, seed=1)
 
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    archives = tmp_path_factory.mktemp("archives")
-    make_mini(archives, SPEC, workers=2)
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(archives, out, PrepareOptions(("folder", "shards"), 2, 20, 0))
-    return out
+@pytest.fixture
+def root(prepared_small) -> Path:
+    return prepared_small  # 6 classes x (24 train + 5 val), tests/conftest.py
 
 
 def data_cfg(prepared: Path, **changes):
@@ -49,7 +41,7 @@ def test_two_ranks_read_the_batches_of_one_process_pixel_for_pixel(root, data_fo
     cfg = data_cfg(root, workers=0, format=data_format)
     one = epoch(build_data(cfg, 0, 0, 1, 8, None))
     halves = [epoch(build_data(cfg, 0, r, 2, 4, None)) for r in (0, 1)]
-    assert len(one) == len(halves[0]) == len(halves[1]) == 72 // 8
+    assert len(one) == len(halves[0]) == len(halves[1]) == 144 // 8
     for (x, y), (x0, y0), (x1, y1) in zip(one, *halves, strict=True):
         torch.testing.assert_close(x, torch.cat([x0, x1]))
         assert y.tolist() == y0.tolist() + y1.tolist()
@@ -74,7 +66,7 @@ def test_validation_reads_every_image_once_over_ranks(root, data_format):
     for rank in range(4):
         for _, labels in build_data(cfg, 0, rank, 4, 2, None).val_batches():
             seen.update(labels.tolist())
-    assert seen == {c: 3 for c in range(6)}
+    assert seen == {c: 5 for c in range(6)}
 
 
 def test_a_missing_root_or_a_wrong_class_count_says_what_to_do(root, tmp_path):
@@ -111,4 +103,4 @@ def test_training_on_the_prepared_benchmark(root, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["paper_steps"] == 4
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["count"] for r in evals if r["kind"] == "eval"] == [18, 18]
+    assert [r["count"] for r in evals if r["kind"] == "eval"] == [30, 30]
