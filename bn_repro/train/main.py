@@ -58,11 +58,7 @@ def train(cfg: RunConfig) -> dict:
         records.write_file("effective_hparams.json", vars(hp))
         records.write_file("schedule.json", schedule_table(hp, plan.max_paper_steps))
         record_start(run_dir, dist, enabled=dist.is_main)
-        ddp = DistributedDataParallel(
-            model,
-            device_ids=[compute.device] if compute.device.type == "cuda" else None,
-            broadcast_buffers=False,  # each rank keeps its own BN statistics; see loop.evaluate
-        )
+        ddp = wrap_ddp(model, compute.device)
         forward = torch.compile(ddp, mode=cfg.trainer.compile) if cfg.trainer.compile else ddp
         trainer = Trainer(
             model,
