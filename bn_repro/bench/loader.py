@@ -111,11 +111,12 @@ def _ours(bench: LoaderBench, loader: DataLoaderKind) -> Iterator:
 
 
 def _dali_bare(bench: LoaderBench) -> Iterator:
-    from bn_repro.data.dali_loader import dali_train_pipeline
+    from bn_repro.data.dali_loader import dali_source, dali_train_pipeline
 
     cuda_device = 0 if bench.device == "gpu" else None
     config = _data_config(bench, DataLoaderKind.dali)
-    pipe = dali_train_pipeline(config, 0, 0, 1, bench.batch, cuda_device)
+    source = dali_source(bench.root, read_manifest(bench.root), bench.data_format, "train")
+    pipe = dali_train_pipeline(config, source, 0, 0, 1, bench.batch, cuda_device)
     pipe.build()
     while True:
         images, labels = pipe.run()

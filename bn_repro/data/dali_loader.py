@@ -22,9 +22,8 @@ from bn_repro.data.augment import (
     STRENGTH,
     VAL_CROP_FRACTION,
 )
-from bn_repro.data.prepared import folder_items, read_manifest, shard_paths
+from bn_repro.data.prepared import check_classes, folder_items, read_manifest, shard_paths
 from bn_repro.data.synthetic import Batch
-from bn_repro.data.torch_loader import check_classes
 
 READER = "Reader"
 SHUFFLE_BUFFER = 4096  # samples the shard reader mixes, on top of the shards' global shuffle
@@ -139,6 +138,7 @@ def val_pipeline(source: dict, rank: int, world_size: int, size: int, gpu: bool,
 
 def dali_train_pipeline(
     cfg: DataConfig,
+    source: dict,
     seed: int,
     rank: int,
     world_size: int,
@@ -146,9 +146,8 @@ def dali_train_pipeline(
     device_id: int | None,
     state: str | None = None,
 ):
-    """The training pipeline of this rank, restored from a DALI checkpoint when given one."""
-    root = Path(cfg.root)
-    source = _source(root, read_manifest(root), cfg.format, "train")
+    """The training pipeline of this rank over source (dali_source), restored from a DALI
+    checkpoint when given one."""
     # Augmentation draws differ per rank; the reader's permutation is the run's, shared.
     return train_pipeline(
         source,
@@ -189,8 +188,10 @@ class DaliData:
         manifest = read_manifest(root)
         check_classes(root, manifest, cfg.num_classes)
         self.val_size = manifest["splits"]["val"]
-        train_pipe = dali_train_pipeline(cfg, seed, rank, world_size, batch, device_id, state)
-        val = _source(root, manifest, cfg.format, "val")
+        train, val = (dali_source(root, manifest, cfg.format, split) for split in ("train", "val"))
+        train_pipe = dali_train_pipeline(
+            cfg, train, seed, rank, world_size, batch, device_id, state
+        )
         val_pipe = val_pipeline(
             val,
             rank,
@@ -245,7 +246,8 @@ def _batch(outputs: list[dict]) -> Batch:
     return outputs[0]["images"], outputs[0]["labels"].reshape(-1).to(torch.int64)
 
 
-def _source(root: Path, manifest: dict, data_format: DataFormat, split: str) -> dict:
+def dali_source(root: Path, manifest: dict, data_format: DataFormat, split: str) -> dict:
+    """What a DALI reader reads for the split: shards and their indexes, or files and labels."""
     if data_format is DataFormat.shards:
         shards, indexes = shard_paths(root, manifest, split)
         return {"shards": shards, "indexes": indexes}

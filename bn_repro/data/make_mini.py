@@ -65,7 +65,7 @@ def _synsets(spec: MiniSpec, rng: np.random.Generator):
     # is unrelated to that order, as in the real devkit, so a label taken as an ID shows.
     wnids = sorted(f"n{n:08d}" for n in numbers[: spec.classes])
     ids = rng.permutation(spec.classes) + 1
-    looks = class_looks(spec.classes, spec.seed)
+    looks = _looks(spec.classes, spec.seed)
     leaves = [
         ilsvrc.Synset(
             int(ids[c]), wnids[c], f"mini class {c}", str(looks[c]), (), 0, spec.train_per_class

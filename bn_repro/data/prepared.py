@@ -31,6 +31,15 @@ def read_manifest(root: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def check_classes(root: Path, manifest: dict, num_classes: int) -> None:
+    found = len(manifest["classes"])
+    if found != num_classes:
+        raise ConfigError(
+            f"{root} holds {found} classes but data.num_classes={num_classes}:"
+            f" set data.num_classes={found}"
+        )
+
+
 def folder_items(root: Path, manifest: dict, split: str) -> list[Item]:
     """Every image of the split's folder tree with its class index, in a fixed order."""
     if "folder" not in manifest["formats"]:

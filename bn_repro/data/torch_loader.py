@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bn_repro.config import ConfigError, DataConfig, DataFormat
 from bn_repro.data.augment import train_transform, val_transform
-from bn_repro.data.prepared import Item, folder_items, read_manifest, shard_items
+from bn_repro.data.prepared import Item, check_classes, folder_items, read_manifest, shard_items
 from bn_repro.data.sharding import batches_per_epoch, train_batches, val_batches
 from bn_repro.data.synthetic import Batch
 
@@ -83,12 +83,3 @@ class _Batches(Dataset):
                 images.append(self.transform(image))
             labels.append(item.label)
         return torch.stack(images), torch.tensor(labels)
-
-
-def check_classes(root: Path, manifest: dict, num_classes: int) -> None:
-    found = len(manifest["classes"])
-    if found != num_classes:
-        raise ConfigError(
-            f"{root} holds {found} classes but data.num_classes={num_classes}:"
-            f" set data.num_classes={found}"
-        )
