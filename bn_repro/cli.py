@@ -16,6 +16,7 @@ from bn_repro.data.prepared import read_manifest
 from bn_repro.data.sources import PrepareError
 from bn_repro.describe import describe
 from bn_repro.report import ReportError, write_report
+from bn_repro.report.reference import write_paper_tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     add_make_mini(commands)
     add_bench(commands)
     add_report(commands)
+    add_paper(commands)
     args = parser.parse_args(argv)
     try:
         args.run(args)
@@ -242,3 +244,19 @@ def add_report(commands) -> None:
 def run_report(args: argparse.Namespace) -> None:
     rows = write_report(args.paths, args.out)
     print(f"{len(rows)} variants; {args.out}/figure3.md, figure2.png, lr_multipliers.png")
+
+
+def add_paper(commands) -> None:
+    parser = commands.add_parser(
+        "paper",
+        help="write the paper's Figure 3 and Figure 4 numbers as CSV",
+        description="Write figure3.csv, figure4.csv and README.md with the paper's numbers, as"
+        " bn_repro/paper.py holds them, to --out (results/paper in the repository).",
+    )
+    parser.add_argument("--out", type=Path, default=Path("results/paper"))
+    parser.set_defaults(run=run_paper)
+
+
+def run_paper(args: argparse.Namespace) -> None:
+    for path in write_paper_tables(args.out):
+        print(path)

@@ -59,3 +59,28 @@ FIGURE_3 = (
     Figure3Row("BN-x30", "bn_x30", 2.7e6, 0.748),
     Figure3Row("BN-x5-Sigmoid", "bn_x5_sigmoid", None, 0.698),
 )
+
+
+@dataclass(frozen=True)
+class Figure4Row:
+    """A row of Fig. 4: errors on the 50,000 ILSVRC2012 validation images (None: "-")."""
+
+    model: str
+    resolution: int | None  # None: "variable"
+    crops: int | None
+    models: int | None
+    top1_error: float | None
+    top5_error: float | None
+
+
+FIGURE_4 = (
+    Figure4Row("GoogLeNet ensemble", 224, 144, 7, None, 0.0667),
+    Figure4Row("Deep Image low-res", 256, None, 1, None, 0.0796),
+    Figure4Row("Deep Image high-res", 512, None, 1, 0.2488, 0.0742),
+    Figure4Row("Deep Image ensemble", None, None, None, None, 0.0598),
+    Figure4Row("BN-Inception single crop", 224, 1, 1, 0.252, 0.0782),
+    Figure4Row("BN-Inception multicrop", 224, 144, 1, 0.2199, 0.0582),
+    Figure4Row("BN-Inception ensemble", 224, 144, 6, 0.201, 0.049),
+)
+# Fig. 4's footnote: the ensemble's top-5 error on the 100,000 ILSVRC test images (test server).
+ENSEMBLE_TEST_TOP5_ERROR = 0.0482
