@@ -240,3 +240,32 @@ def test_a_job_with_a_bad_setting_fails_alone_in_a_sweep(tmp_path):
     assert "bn-repro train: optim.momentum must lie in [0, 1], got 2.0" in result.stderr
     assert not (tmp_path / "momentum2.0").exists()
     assert summary(tmp_path / "momentum0.9")["status"] == "finished"
+
+
+def test_a_sweep_under_torchrun_sets_up_a_group_per_job(tmp_path):
+    # Three jobs: with torch's own group numbering, restarted by destroy_process_group, the
+    # third job found the first one's keys in torchrun's store and hung.
+    result = subprocess.run(
+        [
+            BIN / "torchrun",
+            "--standalone",
+            "--nproc_per_node=2",
+            "--no-python",
+            BIN / "bn-repro",
+            "train",
+            "-m",
+            *TINY,
+            "trainer.max_paper_steps=5",
+            "experiment=bn_x5",
+            "seed=0,1,2",
+            f"run_dir={tmp_path}/seed${{seed}}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for seed in range(3):
+        assert summary(tmp_path / f"seed{seed}")["status"] == "finished"

@@ -3,12 +3,14 @@
 A single process is the same code with world size 1. NCCL on GPUs, gloo on CPU.
 """
 
+import functools
+import itertools
 import os
-import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -64,7 +66,7 @@ def launch_env(environ: Mapping[str, str]) -> LaunchEnv:
             int(environ.get("MASTER_PORT") or 20000 + job % 20000),  # the same after a requeue
             "slurm",
         )
-    return LaunchEnv(0, 1, 0, "127.0.0.1", _free_port(), "single")
+    return LaunchEnv(0, 1, 0, "127.0.0.1", 0, "single")  # no rendezvous: no port
 
 
 def _first_host(nodelist: str) -> str:
@@ -72,12 +74,6 @@ def _first_host(nodelist: str) -> str:
         ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
     )
     return hosts.stdout.split()[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def pick_device(choice: Device, local_rank: int) -> torch.device:
@@ -92,7 +88,6 @@ def pick_device(choice: Device, local_rank: int) -> torch.device:
 def distributed(choice: Device) -> Iterator[Dist]:
     env = launch_env(os.environ)
     device = pick_device(choice, env.local_rank)
-    # env:// for every launcher: torchrun's agent already serves the store at MASTER_PORT.
     os.environ.update(
         MASTER_ADDR=env.master_addr,
         MASTER_PORT=str(env.master_port),
@@ -103,11 +98,36 @@ def distributed(choice: Device) -> Iterator[Dist]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method="env://")
+    # Every group gets its own key prefix in the one store of the process: a Hydra sweep run
+    # under torchrun or srun sets up one group per job, and destroy_process_group restarts
+    # torch's own group numbering, so without the prefix the third job finds the first job's
+    # keys and hangs.
+    store = dist.PrefixStore(f"bn-repro-group{next(_groups)}", _store(env))
+    dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size)
     try:
         yield Dist(env.rank, env.world_size, env.local_rank, device, env.launcher)
     finally:
         dist.destroy_process_group()
+
+
+_groups = itertools.count()
+
+
+@functools.cache
+def _store(env: LaunchEnv) -> dist.Store:
+    """The process's rendezvous store, for the life of the process: in memory for one process,
+    else a client of the one torchrun's agent serves, else served by rank 0 at MASTER_PORT."""
+    if env.world_size == 1:
+        return dist.HashStore()
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    return dist.TCPStore(
+        env.master_addr,
+        env.master_port,
+        env.world_size,
+        is_master=env.rank == 0 and not agent,
+        timeout=timedelta(minutes=30),
+        wait_for_workers=False,
+    )
 
 
 def all_reduce(values: list[float], device: torch.device, op=dist.ReduceOp.SUM) -> list[float]:
