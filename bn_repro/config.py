@@ -142,6 +142,7 @@ class DataConfig:
 @dataclass
 class TrainerConfig:
     global_batch: int = MISSING
+    eval_global_batch: int = MISSING
     max_paper_steps: float = MISSING
     eval_every_paper_steps: float = MISSING
     log_every_paper_steps: float = MISSING
@@ -255,6 +256,7 @@ POSITIVE = (
     "data.num_classes",
     "data.image_size",
     "trainer.global_batch",
+    "trainer.eval_global_batch",
 )
 NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_paper_steps", "data.workers")
 FRACTIONS = ("optim.momentum", "optim.lr_decay_factor", "model.bn_momentum")

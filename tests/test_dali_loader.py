@@ -30,16 +30,22 @@ def data_cfg(prepared: Path, **changes):
 
 
 @pytest.mark.parametrize("data_format", FORMATS)
-def test_ranks_get_equal_training_batches_and_validation_exactly_once(root, data_format):
+@pytest.mark.parametrize("val_batch", [None, 16])
+def test_ranks_get_equal_training_batches_and_validation_exactly_once(
+    root, data_format, val_batch
+):
     cfg = data_cfg(root, format=data_format)
-    seen, batches = Counter(), []
-    for rank in range(4):  # 30 validation images over 4 ranks in batches of 4: 8, 8, 7, 7
-        data = build_data(cfg, 0, rank, 4, 4, None)
+    seen, batches, sizes = Counter(), [], Counter()
+    for rank in range(4):  # 30 validation images over 4 ranks: 8, 8, 7, 7
+        data = build_data(cfg, 0, rank, 4, 4, None, val_batch=val_batch)
         for _, labels in data.val_batches():
             seen.update(labels.tolist())
+            sizes[len(labels)] += 1
         batches.append(sum(1 for _ in data.train_epoch(0)))
         assert data.val_size == 30
     assert seen == {c: 5 for c in range(6)}
+    # In the training batch of 4, or whole in one batch of up to 16 each.
+    assert sizes == ({4: 6, 3: 2} if val_batch is None else {8: 2, 7: 2})
     assert len(set(batches)) == 1 and batches[0] == 144 // 16
 
 

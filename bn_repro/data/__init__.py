@@ -29,18 +29,20 @@ def build_data(
     batch: int,
     cuda_device: int | None,
     state: str | None = None,
+    val_batch: int | None = None,
 ) -> DataSource:
-    """The training and validation data of this rank, `batch` images per rank and step;
-    cuda_device is the rank's GPU when it trains on one."""
+    """The training and validation data of this rank, `batch` images per rank and step and
+    `val_batch` per evaluation batch (None: `batch`); cuda_device is the rank's GPU when it
+    trains on one."""
     if cfg.kind is DataKind.synthetic:
-        return SyntheticData(cfg, seed, rank, world_size, batch)
+        return SyntheticData(cfg, seed, rank, world_size, batch, val_batch)
     if cfg.root is None:
         raise ConfigError(
             "data.root is not set: point it at the output of `bn-repro prepare`"
             " (for ILSVRC2012: bn-repro prepare --source ARCHIVES --out DIR, then data.root=DIR)"
         )
     if cfg.loader is DataLoaderKind.torch:
-        return TorchData(cfg, seed, rank, world_size, batch, pin_memory=cuda_device is not None)
+        return TorchData(cfg, seed, rank, world_size, batch, cuda_device is not None, val_batch)
     from bn_repro.data.dali_loader import DaliData  # DALI only when asked for
 
     if cfg.dali_device is DaliDevice.gpu and cuda_device is None:
@@ -50,4 +52,6 @@ def build_data(
     gpu = cfg.dali_device is DaliDevice.gpu or (
         cfg.dali_device is DaliDevice.auto and cuda_device is not None
     )
-    return DaliData(cfg, seed, rank, world_size, batch, cuda_device if gpu else None, state)
+    return DaliData(
+        cfg, seed, rank, world_size, batch, cuda_device if gpu else None, state, val_batch
+    )

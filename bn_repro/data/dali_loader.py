@@ -183,6 +183,7 @@ class DaliData:
         batch: int,
         device_id: int | None,
         state: str | None = None,
+        val_batch: int | None = None,
     ):
         root = Path(cfg.root)
         manifest = read_manifest(root)
@@ -200,7 +201,7 @@ class DaliData:
             device_id is not None,
             seed,
             seed=seed,
-            **_pipeline_options(cfg, batch, device_id),
+            **_pipeline_options(cfg, val_batch or batch, device_id),
         )
         self.restored = state is not None
         self.train = DALIGenericIterator(

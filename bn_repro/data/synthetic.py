@@ -15,12 +15,21 @@ class SyntheticData:
     """Each class is a smooth random colour pattern; an image is its class's pattern plus noise.
     Every rank makes the same images from the run's seed and reads its share (sharding.py)."""
 
-    def __init__(self, cfg: DataConfig, seed: int, rank: int, world_size: int, batch: int):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        seed: int,
+        rank: int,
+        world_size: int,
+        batch: int,
+        val_batch: int | None = None,
+    ):
         if cfg.synthetic is None:
             raise ConfigError(
                 "data.kind=synthetic needs a data.synthetic section: use data=synthetic"
             )
         self.seed, self.rank, self.world_size, self.batch = seed, rank, world_size, batch
+        self.val_batch = val_batch or batch
         generator = torch.Generator().manual_seed(seed)
         size, classes = cfg.image_size, cfg.num_classes
         patterns = F.interpolate(
@@ -52,7 +61,7 @@ class SyntheticData:
             yield self.train_images[chosen], self.train_labels[chosen]
 
     def val_batches(self) -> Iterator[Batch]:
-        for chosen in val_batches(self.val_size, self.rank, self.world_size, self.batch):
+        for chosen in val_batches(self.val_size, self.rank, self.world_size, self.val_batch):
             yield self.val_images[chosen], self.val_labels[chosen]
 
     def state(self) -> None:

@@ -19,7 +19,14 @@ from bn_repro.data.synthetic import Batch
 
 class TorchData:
     def __init__(
-        self, cfg: DataConfig, seed: int, rank: int, world_size: int, batch: int, pin_memory: bool
+        self,
+        cfg: DataConfig,
+        seed: int,
+        rank: int,
+        world_size: int,
+        batch: int,
+        pin_memory: bool,
+        val_batch: int | None = None,
     ):
         root = Path(cfg.root)
         manifest = read_manifest(root)
@@ -31,6 +38,7 @@ class TorchData:
                 f"{root} has fewer training images than one global batch of {batch * world_size}"
             )
         self.seed, self.rank, self.world_size, self.batch = seed, rank, world_size, batch
+        self.val_batch = val_batch or batch
         self.train_transform = train_transform(cfg.image_size, cfg.photometric)
         self.val_transform = val_transform(cfg.image_size)
         self.workers, self.pin_memory = cfg.workers, pin_memory
@@ -48,7 +56,7 @@ class TorchData:
         return self._load(_Batches(self.train, batches, self.train_transform, (self.seed, epoch)))
 
     def val_batches(self) -> Iterator[Batch]:
-        batches = val_batches(len(self.val), self.rank, self.world_size, self.batch)
+        batches = val_batches(len(self.val), self.rank, self.world_size, self.val_batch)
         return self._load(_Batches(self.val, batches, self.val_transform, None))
 
     def state(self) -> None:

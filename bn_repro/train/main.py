@@ -48,7 +48,14 @@ def train(cfg: RunConfig) -> dict:
         progress, loader_state = resume(run_dir, resolved, model, optimizer, dist)
         cuda_device = compute.device.index if compute.device.type == "cuda" else None
         data = build_data(
-            cfg.data, cfg.seed, dist.rank, dist.world_size, batch, cuda_device, loader_state
+            cfg.data,
+            cfg.seed,
+            dist.rank,
+            dist.world_size,
+            batch,
+            cuda_device,
+            loader_state,
+            val_batch=-(-cfg.trainer.eval_global_batch // dist.world_size),
         )
         if progress.step == 0:
             torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout draws differ between ranks
