@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -213,14 +214,16 @@ class Trainer:
             "data_wait": wait / self.dist.world_size / elapsed,
         }
         self.records.write(record)
+        left = (self.plan.max_paper_steps - record["paper_steps"]) * paper.BATCH_SIZE
         log.info(
-            "paper step %s/%s  loss %.4f  lr %.4g  %.0f images/s  data wait %.0f%%",
+            "paper step %s/%s  loss %.4f  lr %.4g  %.0f images/s  data wait %.0f%%  %s left",
             f"{record['paper_steps']:,.0f}",
             f"{self.plan.max_paper_steps:,.0f}",
             record["loss"],
             record["lr"],
             record["images_per_s"],
             100 * record["data_wait"],
+            timedelta(seconds=round(left / record["images_per_s"])),
         )
         self.window = Window(time.perf_counter())
 
