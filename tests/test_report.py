@@ -37,6 +37,7 @@ def record(
             "epoch": 0,
             "top1": t,
             "top5": min(1, t + 0.3),
+            "count": 500,
         }
         for s, t in evals
     ]
@@ -47,6 +48,7 @@ def record(
         "lr_multiplier": lr or standard[name],
         "norm": norm or ("none" if name == "inception" else "batchnorm"),
         "activation": "relu",
+        "data": "data/mini/prepared",
         "status": status,
         "paper_steps": evals[-1][0],
         "target_top1": target,
@@ -92,6 +94,7 @@ def test_the_figure3_table_has_the_known_answers(sweep, tmp_path):
     markdown = (tmp_path / "out" / "figure3.md").read_text()
     assert "55.00% top-1, the maximum of this set's inception runs (mean of 2)" in markdown
     assert "| bn_x30 | not reached (0/1) |" in markdown
+    assert "Data: data/mini/prepared; each evaluation counts 500 validation images." in markdown
 
 
 def test_the_learning_rate_comparison_shows_divergence(sweep, tmp_path):

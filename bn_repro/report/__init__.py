@@ -48,7 +48,7 @@ def write_report(paths: list[Path], out: Path) -> list[Row]:
     rows = figure3(runs, target)
     points = lr_multipliers(runs, target)
     _write_csv(out / "figure3.csv", rows)
-    (out / "figure3.md").write_text(_figure3_markdown(rows, target))
+    (out / "figure3.md").write_text(_figure3_markdown(rows, target, _data(runs)))
     (out / "lr_multipliers.md").write_text(_lr_markdown(points, target))
     figure2(runs, target, out)
     lr_plot(points, out)
@@ -73,9 +73,21 @@ def _steps(stat: Stat | None, runs: int) -> str:
     return f"{stat.mean:,.0f}{spread} ({stat.n}/{runs})"
 
 
-def _figure3_markdown(rows: list[Row], target: Target) -> str:
+def _data(runs: list[Run]) -> str:
+    """What the runs trained and were evaluated on, as their records say."""
+    data = sorted({r.summary["data"] for r in runs})
+    counts = sorted({e["count"] for r in runs for e in r.evals})
+    return (
+        f"Data: {', '.join(data)}; each evaluation counts"
+        f" {' or '.join(f'{c:,}' for c in counts) or 'no'} validation images."
+    )
+
+
+def _figure3_markdown(rows: list[Row], target: Target, data: str) -> str:
     lines = [
         "# Figure 3, reproduced",
+        "",
+        data,
         "",
         f"Target: {target.how}. Steps are paper steps (32 images); mean ± sample standard",
         "deviation over the runs that reached the target (reached/runs); accuracy over all runs.",
