@@ -31,9 +31,7 @@ def data_cfg(prepared: Path, **changes):
 
 @pytest.mark.parametrize("data_format", FORMATS)
 @pytest.mark.parametrize("val_batch", [None, 16])
-def test_ranks_get_equal_training_batches_and_validation_exactly_once(
-    root, data_format, val_batch
-):
+def test_ranks_get_equal_training_batches_and_validation_exactly_once(root, data_format, val_batch):
     cfg = data_cfg(root, format=data_format)
     seen, batches, sizes = Counter(), [], Counter()
     for rank in range(4):  # 30 validation images over 4 ranks: 8, 8, 7, 7
