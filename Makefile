@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@echo "Setting up $(VENV): torch, DALI, Hydra, ... (a few GB; a minute or two)"
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
@@ -21,14 +22,21 @@ $(MINI)/archives/ILSVRC2012_devkit_t12.tar.gz: | setup
 $(MINI)/prepared/manifest.json: $(MINI)/archives/ILSVRC2012_devkit_t12.tar.gz
 	$(BIN)/bn-repro prepare --source $(MINI)/archives --out $(MINI)/prepared
 
+# make demo: the five variants and the sigmoid control, two seeds each, plus Inception at BN-x5's
+# learning rate, each run two gloo ranks (one torchrun, one Hydra sweep), then the report.
+DEMO := runs/demo/mini
+DEMO_SWEEP := $(BIN)/torchrun --standalone --nproc_per_node=2 --no-python $(BIN)/bn-repro train -m \
+	data=mini trainer=mini seed=0,1 'run_dir=$(DEMO)/$${name}/x$${optim.lr_multiplier}/seed$${seed}'
+
 demo: setup $(MINI)/prepared/manifest.json
-	@echo "bn-repro demo: the six experiments train for 100 paper steps each on the generated"
-	@echo "benchmark ($(MINI)/prepared: 100 classes, 30,000 + 5,000 images), one CPU process each."
-	@echo "Not yet the Figure 3 comparison: that needs longer runs, seeds and the report."
-	$(BIN)/bn-repro train -m 'experiment=glob(*)' data=mini trainer.max_paper_steps=100 \
-		trainer.eval_every_paper_steps=50 trainer.log_every_paper_steps=25 \
-		'run_dir=runs/demo/mini/$${name}' hydra.sweep.dir=runs/demo/mini
-	@echo "Records of each run: runs/demo/mini/<experiment>/ (summary.json, metrics.jsonl, tensorboard/)"
+	@echo "bn-repro demo: 14 runs of 400 paper steps (6 experiments x 2 seeds, and Inception at"
+	@echo "5x its learning rate x 2 seeds), two ranks each, on the generated benchmark"
+	@echo "($(MINI)/prepared: 10 classes, 5,000 + 500 images); about a minute a run on 2 cores."
+	$(DEMO_SWEEP) 'experiment=glob(*)' hydra.sweep.dir=$(DEMO)/sweeps/variants
+	$(DEMO_SWEEP) experiment=inception optim.lr_multiplier=5 hydra.sweep.dir=$(DEMO)/sweeps/inception_x5
+	$(BIN)/bn-repro report $(DEMO) --out results/mini
+	@echo "Results: results/mini/figure3.md, figure2.png, lr_multipliers.md and .png;"
+	@echo "each run's records: $(DEMO)/<experiment>/x<multiplier>/seed<seed>/"
 
 # Loader images/s on this machine (results/bench/loader-cpu-*.json), from generated images of
 # ImageNet's typical size, 500 x 375, and file size: quality 95 gives ~104 KB a JPEG, as the

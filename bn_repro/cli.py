@@ -117,10 +117,11 @@ def add_make_mini(commands) -> None:
         " formats, for `bn-repro prepare --source OUT`.",
     )
     parser.add_argument("out", type=Path, metavar="OUT")
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--train-per-class", type=int, default=300)
+    # The defaults make what data=mini expects: the benchmark of `make demo`.
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--val-per-class", type=int, default=50)
-    parser.add_argument("--size", type=int, default=64, help="image width (and height), pixels")
+    parser.add_argument("--size", type=int, default=40, help="image width (and height), pixels")
     parser.add_argument(
         "--height", type=int, help="a smaller height: the centre band (ImageNet-like: 500 x 375)"
     )
