@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from bn_repro.report import write_report
+from bn_repro.report.runs import find_runs
+from bn_repro.report.tables import figure2_runs
 
 BN_REPRO = Path(sys.executable).with_name("bn-repro")
 
@@ -105,6 +107,12 @@ def test_the_learning_rate_comparison_shows_divergence(sweep, tmp_path):
     for name in ("figure2.png", "figure2.svg", "lr_multipliers.png", "README.md"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert (tmp_path / "out" / "README.md").read_text().count("| ") >= 9 * 8  # a row per run
+
+
+def test_figure2_draws_the_runs_at_the_paper_rate_only(sweep):
+    drawn = {run.path.relative_to(sweep).as_posix() for run in figure2_runs(find_runs([sweep]))}
+    assert "inception_lr5/0" not in drawn  # Inception at x5 belongs to the lr comparison
+    assert len(drawn) == 8 and {"inception/0", "bn_x5/0"} <= drawn
 
 
 def test_a_dataset_target_is_used_as_given(tmp_path):

@@ -8,16 +8,18 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bn_repro.report.runs import Run  # noqa: E402
-from bn_repro.report.tables import ORDER, LrPoint, Target  # noqa: E402
+from bn_repro.report.tables import ORDER, LrPoint, Target, figure2_runs  # noqa: E402
 
 
 def figure2(runs: list[Run], target: Target, out: Path) -> None:
-    """Every run's curve, one colour per variant; a marker where each first reaches the target."""
+    """Every run's curve at its variant's paper learning rate, one colour per variant; a marker
+    where each first reaches the target."""
+    runs = figure2_runs(runs)
     figure, axes = plt.subplots(figsize=(7, 4.5))
     names = sorted({r.name for r in runs}, key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))
     colours = dict(zip(names, plt.cm.tab10.colors, strict=False))
     for name in names:
-        for index, run in enumerate(r for r in runs if r.name == name and r.evals):
+        for index, run in enumerate(r for r in runs if r.name == name):
             steps = [e["paper_steps"] for e in run.evals]
             top1 = [e["top1"] for e in run.evals]
             axes.plot(steps, top1, color=colours[name], label=name if index == 0 else None, lw=1.4)

@@ -17,6 +17,11 @@ def at_paper_rate(run: Run) -> bool:
     return standard is None or abs(run.summary["lr_multiplier"] * paper.BASE_LR - standard) < 1e-12
 
 
+def figure2_runs(runs: list[Run]) -> list[Run]:
+    """The curves of Figure 2: the evaluated runs at their variant's paper learning rate."""
+    return [r for r in runs if at_paper_rate(r) and r.evals]
+
+
 @dataclass(frozen=True)
 class Target:
     top1: float | None
