@@ -153,6 +153,8 @@ class TrainerConfig:
     precision: Precision = MISSING
     channels_last: bool | None = MISSING
     compile: str | None = MISSING
+    fused_optimizer: bool | None = MISSING
+    overlap_copy: bool | None = MISSING
     deterministic: bool = MISSING
 
 
@@ -258,6 +260,15 @@ POSITIVE = (
 )
 NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_paper_steps", "data.workers")
 FRACTIONS = ("optim.momentum", "optim.lr_decay_factor", "model.bn_momentum")
+# torch.compile's modes (torch._inductor.list_mode_options()), named here so that validating a
+# config does not import the compiler.
+COMPILE_MODES = (
+    "default",
+    "lite",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -280,6 +291,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be zero or more, got {value}")
         if key in FRACTIONS and not 0 <= value <= 1:
             raise ConfigError(f"{key} must lie in [0, 1], got {value}")
+    compile_mode = cfg.trainer.compile
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ConfigError(
+            f"trainer.compile={compile_mode} is not a torch.compile mode: use null (no compile)"
+            f" or one of {', '.join(COMPILE_MODES)}"
+        )
     if cfg.data.kind == DataKind.synthetic and cfg.data.synthetic is None:
         raise ConfigError("data.kind=synthetic needs a data.synthetic section: use data=synthetic")
 

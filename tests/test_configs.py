@@ -102,6 +102,11 @@ def test_learning_rate_scales_from_the_papers_batch_to_the_global_batch(rule, fa
         (["experiment=bn_x5", "optim.base_lr=-0.1"], "optim.base_lr must be positive, got -0.1"),
         (["experiment=bn_x5", "optim.momentum=1.5"], "optim.momentum must lie in [0, 1]"),
         (["experiment=bn_x5", "optim.lr_multiplier=nan"], "must be a finite number"),
+        (
+            ["experiment=bn_x5", "trainer.compile=fast"],
+            "trainer.compile=fast is not a torch.compile mode: use null (no compile) or one of",
+        ),
+        (["experiment=bn_x5", "trainer.fused_optimizer=often"], "'often' is not a valid bool"),
         (["experiment=bn_x5", "model.norm"], "Error parsing override 'model.norm'"),
         ([], "no experiment chosen: add experiment=NAME"),
     ],
