@@ -76,6 +76,11 @@ class DaliDevice(Enum):
     gpu = "gpu"  # mixed (nvJPEG) decoding, GPU augmentation
 
 
+class DaliDecode(Enum):
+    roi = "roi"  # decode only the random crop's region (fused decode-and-crop)
+    full = "full"  # decode whole images, then crop: the JPEG hardware engine takes whole images
+
+
 class Device(Enum):
     auto = "auto"  # CUDA when there is one
     cpu = "cpu"
@@ -130,7 +135,10 @@ class DataConfig:
     loader: DataLoaderKind = MISSING
     format: DataFormat = MISSING
     dali_device: DaliDevice = MISSING
+    dali_decode: DaliDecode = MISSING
+    dali_hw_decoder_load: float = MISSING  # share of JPEGs for the GPU's hardware decoder
     workers: int = MISSING  # loader processes (torch) or threads (DALI) per rank
+    prefetch: int = MISSING  # batches prepared ahead: per DALI pipeline, per torch worker
     num_classes: int = MISSING
     image_size: int = MISSING
     photometric: Photometric = MISSING
@@ -257,9 +265,15 @@ POSITIVE = (
     "data.num_classes",
     "data.image_size",
     "trainer.global_batch",
+    "data.prefetch",
 )
 NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_paper_steps", "data.workers")
-FRACTIONS = ("optim.momentum", "optim.lr_decay_factor", "model.bn_momentum")
+FRACTIONS = (
+    "optim.momentum",
+    "optim.lr_decay_factor",
+    "model.bn_momentum",
+    "data.dali_hw_decoder_load",
+)
 # torch.compile's modes (torch._inductor.list_mode_options()), named here so that validating a
 # config does not import the compiler.
 COMPILE_MODES = (
