@@ -1,5 +1,6 @@
-"""The benchmarks run and record their numbers with their provenance; the speeds themselves are
-measured by running them, never asserted here."""
+"""The benchmarks run and record their numbers with their provenance, and the cost table turns
+recorded rates into GPU-hours; the speeds themselves are measured by running the benchmarks,
+never asserted here."""
 
 import json
 import subprocess
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bn_repro import paper
+from bn_repro.bench.cost import Rate, cost_report
 from bn_repro.bench.device import dense_bf16_peak
 from bn_repro.bench.train import training_flops
 from bn_repro.cli import main
@@ -154,3 +157,46 @@ def test_peaks_are_known_by_device_name_or_left_out_with_the_reason(device, peak
     found, note = dense_bf16_peak(device)
     assert found == peak
     assert note.startswith(device) or note == "no tensor-core peak on a CPU"
+
+
+def record(path: Path, device: str, experiment: str, data: str, rate: float, size=224) -> Path:
+    settings = {"experiment": experiment, "data": data, "image_size": size}
+    results = {"device": device, "images_per_s_per_gpu": rate, "mfu": 0.1}
+    path.write_text(json.dumps({"settings": settings, "results": results}))
+    return path
+
+
+def test_bench_cost_turns_the_recorded_rates_into_gpu_hours(tmp_path, capsys):
+    h100 = "NVIDIA H100 80GB HBM3"
+    paths = [
+        record(tmp_path / "a.json", h100, "bn_x5", "synthetic", 10_000),
+        record(tmp_path / "b.json", h100, "bn_x5", "dali", 9_000),  # real data: the rate used
+        record(tmp_path / "c.json", h100, "bn_x5", "synthetic", 40_000, size=112),
+        record(tmp_path / "d.json", "cpu", "inception", "synthetic", 50),
+        tmp_path / "loader.json",
+    ]
+    paths[-1].write_text(json.dumps({"settings": {}, "results": {"images_per_s": {}}}))
+    assert main(["bench", "cost", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rates = [line for line in lines if line.startswith("| bn_x5 |")]
+    assert rates == [
+        f"| bn_x5 | {h100} | dali | 9,000 | 10.0% | b.json |",
+        f"| bn_x5 | {h100} | synthetic | 10,000 | 10.0% | a.json |",
+    ]
+    bn_x5 = next(line for line in lines if line.startswith("| BN-x5 |")).split(" | ")
+    # 2.1 M paper steps x 32 images / 9,000 images/s = 2.07 h; 31 M paper steps: 30.6 h
+    assert bn_x5[1:] == ["2.1 M", "67.2 M", "9,000 (dali)", "2.1", "31 M paper steps", "30.6 |"]
+    assert "| Inception | 31.0 M | 992.0 M | not measured | - |" in "\n".join(lines)
+    assert lines[-3:] == [
+        f"left out {paths[2]}: 112-pixel images, not 224",
+        f"left out {paths[3]}: measured on a CPU",
+        f"left out {paths[4]}: not a record of bn-repro bench train",
+    ]
+
+
+def test_the_cost_of_a_whole_figure_3_adds_up_its_variants():
+    rates = [Rate("H200", row.experiment, "dali", 10_000, None, "x") for row in paper.FIGURE_3]
+    report = cost_report(rates, {row.experiment: 31e6 for row in paper.FIGURE_3})
+    # to 72.2%: (31 + 13.3 + 2.1 + 2.7) M paper steps x 32 / 10,000 per s = 43.6 h (the sigmoid
+    # never reaches it); five default runs of 31 M paper steps: 137.8 h
+    assert report.splitlines()[-1] == "| total | | | | 43.6 | | 137.8 |"

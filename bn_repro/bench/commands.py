@@ -1,4 +1,5 @@
-"""`bn-repro bench train`: its arguments, and the record it writes under results/bench/."""
+"""`bn-repro bench train` and `bn-repro bench cost`: their arguments, and the records they write
+and read under results/bench/."""
 
 import argparse
 import os
@@ -7,6 +8,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bn_repro import paper
+from bn_repro.bench.cost import cost_report, read_rates
 from bn_repro.bench.record import write_record
 from bn_repro.config import COMPILE_MODES, ConfigError, Precision, RunConfig, compose, to_object
 
@@ -52,7 +55,10 @@ def add_bench_train(benches) -> None:
     )
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument(
-        "--out", type=Path, help=f"default {RESULTS}/train-DEVICE-EXPERIMENT-DATA.json"
+        "--tag", help="appended to the default record name, e.g. the setting a sweep varies"
+    )
+    parser.add_argument(
+        "--out", type=Path, help=f"default {RESULTS}/train-DEVICE-EXPERIMENT-DATA[-TAG].json"
     )
     parser.add_argument(
         "overrides",
@@ -80,7 +86,8 @@ def run_bench_train(args: argparse.Namespace) -> None:
     overrides += _switches(args) + args.overrides
     cfg = to_object(compose(overrides))
     device = pick_device(cfg.trainer.device, env.local_rank)
-    out = args.out or RESULTS / f"train-{_slug(device)}-{cfg.name}-{args.data}.json"
+    tag = f"-{args.tag}" if args.tag else ""
+    out = args.out or RESULTS / f"train-{_slug(device)}-{cfg.name}-{args.data}{tag}.json"
     profile_steps = args.profile_steps if args.profile else 0
     results = bench.run(cfg, bench.TrainBench(args.warmup, args.steps, profile_steps, out))
     if results is None:  # not rank 0
@@ -136,3 +143,33 @@ def _sections(cfg: RunConfig) -> dict:
         name: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, name)), enum_to_str=True)
         for name in ("trainer", "data")
     }
+
+
+def add_bench_cost(benches) -> None:
+    parser = benches.add_parser(
+        "cost",
+        help="throughput per GPU and Figure 3's GPU-hours, from bench train's records",
+        description="Print, from the records of `bn-repro bench train` at 224 pixels on GPUs,"
+        " every measured rate and the GPU-hours of each Figure 3 variant: to the paper's steps to"
+        " 72.2%% (Fig. 3) and for a default run (trainer.max_paper_steps), at the fastest rate"
+        " with real data (else synthetic), as Markdown.",
+    )
+    parser.add_argument(
+        "records", nargs="*", type=Path, help=f"default: every {RESULTS}/train-*.json"
+    )
+    parser.set_defaults(run=run_bench_cost)
+
+
+def run_bench_cost(args: argparse.Namespace) -> None:
+    paths = args.records or sorted(RESULTS.glob("train-*.json"))
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise ConfigError(f"no such record: {', '.join(missing)}")
+    rates, left_out = read_rates(paths)
+    run_paper_steps = {
+        row.experiment: compose([f"experiment={row.experiment}"]).trainer.max_paper_steps
+        for row in paper.FIGURE_3
+    }
+    print(cost_report(rates, run_paper_steps))
+    for reason in left_out:
+        print(f"left out {reason}")
