@@ -29,7 +29,9 @@ def add_bench_train(benches) -> None:
         " Run it under torchrun for several GPUs.",
     )
     parser.add_argument("--experiment", default="bn_x5", help="default bn_x5")
-    parser.add_argument("--batch", type=int, default=256, help="images per GPU and step")
+    parser.add_argument(
+        "--batch", type=int, default=256, help="images per GPU and step (default 256)"
+    )
     parser.add_argument(
         "--precision", choices=[p.value for p in Precision], help="autocast (default auto)"
     )
@@ -45,15 +47,15 @@ def add_bench_train(benches) -> None:
     parser.add_argument("--root", type=Path, help="the prepared set --data dali and torch read")
     parser.add_argument("--size", type=int, default=224, help="image size, pixels (default 224)")
     parser.add_argument("--workers", type=int, help="loader threads or processes per GPU")
-    parser.add_argument("--warmup", type=int, default=30, help="steps before timing")
-    parser.add_argument("--steps", type=int, default=100, help="steps timed")
+    parser.add_argument("--warmup", type=int, default=30, help="steps before timing (default 30)")
+    parser.add_argument("--steps", type=int, default=100, help="steps timed (default 100)")
     parser.add_argument(
         "--profile",
         action="store_true",
         help="then profile --profile-steps steps: a trace (.trace.json.gz) and a table"
         " (.profile.txt) beside the record",
     )
-    parser.add_argument("--profile-steps", type=int, default=5)
+    parser.add_argument("--profile-steps", type=int, default=5, help="default 5")
     parser.add_argument(
         "--tag", help="appended to the default record name, e.g. the setting a sweep varies"
     )
@@ -151,7 +153,7 @@ def add_bench_cost(benches) -> None:
         help="throughput per GPU and Figure 3's GPU-hours, from bench train's records",
         description="Print, from the records of `bn-repro bench train` at 224 pixels on GPUs,"
         " every measured rate and the GPU-hours of each Figure 3 variant: to the paper's steps to"
-        " 72.2%% (Fig. 3) and for a default run (trainer.max_paper_steps), at the fastest rate"
+        " 72.2% (Fig. 3) and for a default run (trainer.max_paper_steps), at the fastest rate"
         " with real data (else synthetic), as Markdown.",
     )
     parser.add_argument(
