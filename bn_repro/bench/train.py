@@ -24,7 +24,6 @@ from bn_repro.train.distributed import distributed
 from bn_repro.train.loop import Progress, Trainer, Window
 from bn_repro.train.main import build_trainer
 
-DATA = ("synthetic", "dali", "torch")
 IMAGENET_CLASSES = 1000  # synthetic data gets ImageNet's classifier, as the paper's networks
 SYNTHETIC_BATCHES = 4  # distinct global batches of synthetic images, kept on the GPU
 # Training FLOPs per image: a forward pass and two backward ones (to the inputs and to the
