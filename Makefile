@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench-loader
+.PHONY: setup demo test bench-loader bench-train bench-decoder
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,29 @@ $(BENCH)/prepared/manifest.json: | setup
 bench-loader: $(BENCH)/prepared/manifest.json
 	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --photometric none
 	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --photometric full
+
+# Training images/s per GPU on a GPU machine (results/bench/train-<gpu>-<experiment>-<data>.json):
+# every experiment on synthetic images (the model alone) and through the GPU DALI pipeline on the
+# ImageNet-sized JPEGs above; then the throughput and Figure 3 cost tables from all records.
+# BENCH_ARGS adds arguments, e.g. BENCH_ARGS="--compile default --tag compiled".
+EXPERIMENTS := $(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml))))
+BENCH_ARGS ?=
+
+bench-train: $(BENCH)/prepared/manifest.json
+	for e in $(EXPERIMENTS); do \
+		$(BIN)/bn-repro bench train --experiment $$e $(BENCH_ARGS) && \
+		$(BIN)/bn-repro bench train --experiment $$e --data dali --root $(BENCH)/prepared \
+			$(BENCH_ARGS) || exit 1; \
+	done
+	$(BIN)/bn-repro bench cost
+
+# DALI's share of JPEGs for the hardware decoder, and decoding the crop or the whole image.
+bench-decoder: $(BENCH)/prepared/manifest.json
+	for load in 0.5 0.65 0.75 0.9; do for decode in roi full; do \
+		$(BIN)/bn-repro bench train --data dali --root $(BENCH)/prepared $(BENCH_ARGS) \
+			--tag hw$$load-$$decode data.dali_hw_decoder_load=$$load data.dali_decode=$$decode \
+			|| exit 1; \
+	done; done
 
 test: setup
 	$(BIN)/ruff format --check .

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bn_repro.bench.commands import add_bench_cost, add_bench_train
 from bn_repro.bench.loader import LOADERS, LoaderBench, run
 from bn_repro.bench.record import write_record
 from bn_repro.config import ConfigError, DataFormat, Photometric, compose, to_object
@@ -193,6 +194,8 @@ def add_bench(commands) -> None:
         "--out", type=Path, help="default results/bench/loader-DEVICE-PHOTOMETRIC.json"
     )
     loader.set_defaults(run=run_bench_loader)
+    add_bench_train(benches)
+    add_bench_cost(benches)
 
 
 def run_bench_loader(args: argparse.Namespace) -> None:

@@ -76,6 +76,11 @@ class DaliDevice(Enum):
     gpu = "gpu"  # mixed (nvJPEG) decoding, GPU augmentation
 
 
+class DaliDecode(Enum):
+    roi = "roi"  # decode only the random crop's region (fused decode-and-crop)
+    full = "full"  # decode whole images, then crop: the JPEG hardware engine takes whole images
+
+
 class Device(Enum):
     auto = "auto"  # CUDA when there is one
     cpu = "cpu"
@@ -130,7 +135,10 @@ class DataConfig:
     loader: DataLoaderKind = MISSING
     format: DataFormat = MISSING
     dali_device: DaliDevice = MISSING
+    dali_decode: DaliDecode = MISSING
+    dali_hw_decoder_load: float = MISSING  # share of JPEGs for the GPU's hardware decoder
     workers: int = MISSING  # loader processes (torch) or threads (DALI) per rank
+    prefetch: int = MISSING  # batches prepared ahead: per DALI pipeline, per torch worker
     num_classes: int = MISSING
     image_size: int = MISSING
     photometric: Photometric = MISSING
@@ -154,6 +162,8 @@ class TrainerConfig:
     precision: Precision = MISSING
     channels_last: bool | None = MISSING
     compile: str | None = MISSING
+    fused_optimizer: bool | None = MISSING
+    overlap_copy: bool | None = MISSING
     deterministic: bool = MISSING
 
 
@@ -257,9 +267,24 @@ POSITIVE = (
     "data.image_size",
     "trainer.global_batch",
     "trainer.eval_global_batch",
+    "data.prefetch",
 )
 NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_paper_steps", "data.workers")
-FRACTIONS = ("optim.momentum", "optim.lr_decay_factor", "model.bn_momentum")
+FRACTIONS = (
+    "optim.momentum",
+    "optim.lr_decay_factor",
+    "model.bn_momentum",
+    "data.dali_hw_decoder_load",
+)
+# torch.compile's modes (torch._inductor.list_mode_options()), named here so that validating a
+# config does not import the compiler.
+COMPILE_MODES = (
+    "default",
+    "lite",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -282,6 +307,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be zero or more, got {value}")
         if key in FRACTIONS and not 0 <= value <= 1:
             raise ConfigError(f"{key} must lie in [0, 1], got {value}")
+    compile_mode = cfg.trainer.compile
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ConfigError(
+            f"trainer.compile={compile_mode} is not a torch.compile mode: use null (no compile)"
+            f" or one of {', '.join(COMPILE_MODES)}"
+        )
     if cfg.data.kind == DataKind.synthetic and cfg.data.synthetic is None:
         raise ConfigError("data.kind=synthetic needs a data.synthetic section: use data=synthetic")
 

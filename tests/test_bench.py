@@ -1,10 +1,20 @@
-"""`bn-repro bench loader` runs every loader and records its numbers with their provenance; the
-speeds themselves are measured by running it, never asserted here."""
+"""The benchmarks run and record their numbers with their provenance, and the cost table turns
+recorded rates into GPU-hours; the speeds themselves are measured by running the benchmarks,
+never asserted here."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from bn_repro import paper
+from bn_repro.bench.cost import Rate, cost_report
+from bn_repro.bench.device import dense_bf16_peak
+from bn_repro.bench.train import training_flops
+from bn_repro.cli import main
+from tests.helpers import run_config
 
 BN_REPRO = Path(sys.executable).with_name("bn-repro")
 
@@ -49,3 +59,144 @@ def test_bench_loader_refuses_an_unprepared_root(tmp_path):
         [BN_REPRO, "bench", "loader", "--root", tmp_path], capture_output=True, text=True
     )
     assert result.returncode == 2 and "has no manifest.json" in result.stderr
+
+
+def bench_train(*args, out: Path) -> dict:
+    result = subprocess.run(
+        [BN_REPRO, "bench", "train", "--batch", "4", "--warmup", "2", "--steps", "3", *args]
+        + ["--out", out],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"written to {out}" in result.stdout
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_bench_train_times_the_trainers_step_and_counts_its_flops(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    switches = ["--channels-last", "trainer.fused_optimizer=true", "--profile"]
+    record = bench_train("--size", "64", "--profile-steps", "1", *switches, out=out)
+    settings, results = record["settings"], record["results"]
+    assert record["command"][:3] == ["bn-repro", "bench", "train"]
+    assert settings["experiment"] == "bn_x5" and settings["data"] == "synthetic"
+    assert settings["config"]["trainer"]["global_batch"] == 4 and settings["image_size"] == 64
+    assert results["device"] == "cpu" and results["world_size"] == 1
+    rate = results["images_per_s_per_gpu"]
+    assert rate > 0 and 4000 / results["step_ms"] == pytest.approx(rate, abs=0.05)
+    assert 0 <= results["data_wait"] < 1 and results["loss"] > 0
+    assert results["resolved"] == {
+        "precision": "fp32",
+        "channels_last": True,
+        "overlap_copy": False,
+        "fused_optimizer": True,
+    }
+    # 3 passes x 2 FLOPs x the multiply-adds `bn-repro describe` counts for the same network
+    assert main(["describe", "experiment=bn_x5", "data.image_size=64"]) == 0
+    macs = int(capsys.readouterr().out.splitlines()[-1].split(": ")[1])
+    assert results["training_flops_per_image"] == 6 * macs
+    assert results["achieved_tflops"] == round(rate * 6 * macs / 1e12, 3)
+    assert results["mfu"] is None and results["notes"]["mfu"] == "no tensor-core peak on a CPU"
+    assert results["peak_memory_gib"] is None and results["host_syncs_in_a_step"] is None
+    table = Path(results["profile"]["table"])
+    assert table == out.with_suffix(".profile.txt") and "aten::convolution" in table.read_text()
+    assert out.with_suffix(".trace.json.gz").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["dali", "torch"])
+def test_bench_train_reads_prepared_data_with_either_loader(prepared_small, tmp_path, loader):
+    out = tmp_path / f"{loader}.json"
+    args = ["--data", loader, "--root", prepared_small, "--size", "32", "--workers", "1"]
+    record = bench_train(*args, out=out)
+    data = record["settings"]["config"]["data"]
+    assert (data["loader"], data["root"], data["num_classes"]) == (loader, str(prepared_small), 6)
+    assert record["results"]["images_per_s_per_gpu"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--data", "dali"], "--data dali and --data torch read a prepared set --root DIR"),
+        (["--root", "x"], "--data dali and --data torch read a prepared set --root DIR"),
+        (["--steps", "0"], "--batch, --size, --steps and --profile-steps must be at least 1"),
+        (["--compile", "fast"], "trainer.compile=fast is not a torch.compile mode"),
+        (["--experiment", "bn_x7"], "Could not find 'experiment/bn_x7'"),
+        (["--data", "dali", "--root", "nowhere"], "data.root=nowhere has no manifest.json"),
+    ],
+)
+def test_bench_train_refuses_bad_arguments(args, expected, capsys):
+    assert main(["bench", "train", *args]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_the_issues_target_is_about_12_percent_of_an_h100():
+    # 10,000 images/s of bn_x5 at 224 pixels against the H100 SXM's dense bf16 peak
+    flops = training_flops(run_config("bn_x5"))
+    assert flops == 6 * 1_948_605_440
+    peak, _ = dense_bf16_peak("NVIDIA H100 80GB HBM3")
+    assert 10_000 * flops / (peak * 1e12) == pytest.approx(0.118, abs=0.001)
+
+
+@pytest.mark.parametrize(
+    "device, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),
+        ("NVIDIA H100 PCIe", 756.5),
+        ("NVIDIA H100 NVL", 835.5),
+        ("NVIDIA H200", 989.4),
+        ("NVIDIA GH200 480GB", 989.4),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA A100 80GB PCIe", 312.0),
+        ("Tesla V100-SXM2-32GB", None),
+        ("cpu", None),
+    ],
+)
+def test_peaks_are_known_by_device_name_or_left_out_with_the_reason(device, peak):
+    found, note = dense_bf16_peak(device)
+    assert found == peak
+    assert note.startswith(device) or note == "no tensor-core peak on a CPU"
+
+
+def record(path: Path, device: str, experiment: str, data: str, rate: float, size=224) -> Path:
+    settings = {"experiment": experiment, "data": data, "image_size": size}
+    results = {"device": device, "images_per_s_per_gpu": rate, "mfu": 0.1}
+    path.write_text(json.dumps({"settings": settings, "results": results}))
+    return path
+
+
+def test_bench_cost_turns_the_recorded_rates_into_gpu_hours(tmp_path, capsys):
+    h100 = "NVIDIA H100 80GB HBM3"
+    paths = [
+        record(tmp_path / "a.json", h100, "bn_x5", "synthetic", 10_000),
+        record(tmp_path / "b.json", h100, "bn_x5", "dali", 9_000),  # real data: the rate used
+        record(tmp_path / "c.json", h100, "bn_x5", "synthetic", 40_000, size=112),
+        record(tmp_path / "d.json", "cpu", "inception", "synthetic", 50),
+        tmp_path / "loader.json",
+    ]
+    paths[-1].write_text(json.dumps({"settings": {}, "results": {"images_per_s": {}}}))
+    assert main(["bench", "cost", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rates = [line for line in lines if line.startswith("| bn_x5 |")]
+    assert rates == [
+        f"| bn_x5 | {h100} | dali | 9,000 | 10.0% | b.json |",
+        f"| bn_x5 | {h100} | synthetic | 10,000 | 10.0% | a.json |",
+    ]
+    bn_x5 = next(line for line in lines if line.startswith("| BN-x5 |")).split(" | ")
+    # 2.1 M paper steps x 32 images / 9,000 images/s = 2.07 h; 31 M paper steps: 30.6 h
+    assert bn_x5[1:] == ["2.1 M", "67.2 M", "9,000 (dali)", "2.1", "31 M paper steps", "30.6 |"]
+    assert "| Inception | 31.0 M | 992.0 M | not measured | - |" in "\n".join(lines)
+    assert lines[-3:] == [
+        f"left out {paths[2]}: 112-pixel images, not 224",
+        f"left out {paths[3]}: measured on a CPU",
+        f"left out {paths[4]}: not a record of bn-repro bench train",
+    ]
+
+
+def test_the_cost_of_a_whole_figure_3_adds_up_its_variants():
+    rates = [Rate("H200", row.experiment, "dali", 10_000, None, "x") for row in paper.FIGURE_3]
+    report = cost_report(rates, {row.experiment: 31e6 for row in paper.FIGURE_3})
+    # to 72.2%: (31 + 13.3 + 2.1 + 2.7) M paper steps x 32 / 10,000 per s = 43.6 h (the sigmoid
+    # never reaches it); five default runs of 31 M paper steps: 137.8 h
+    assert report.splitlines()[-1] == "| total | | | | 43.6 | | 137.8 |"

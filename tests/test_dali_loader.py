@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bn_repro.config import DataFormat, DataLoaderKind
+from bn_repro.config import DaliDecode, DataFormat, DataLoaderKind
 from bn_repro.data import build_data
 from bn_repro.train.records import read_metrics
 from tests.helpers import assert_same_records, kill_after_first_checkpoint, run_config
@@ -60,6 +60,15 @@ def test_a_restored_pipeline_continues_mid_epoch_exactly(root, data_format):
     for (x, y), (x2, y2) in zip(rest, restored, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)
     assert first[0][0].shape == (8, 3, 32, 32) and first[0][0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("decode", list(DaliDecode))
+def test_both_decode_modes_give_training_batches(root, decode):
+    data = build_data(data_cfg(root, dali_decode=decode, prefetch=3), 0, 0, 1, 8, None)
+    images, labels = next(data.train_epoch(0))
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64 and set(labels.tolist()) <= set(range(6))
+    assert -3 < images.mean() < 3 and images.std() > 0.1  # normalized pixels, not a blank
 
 
 def test_the_file_reader_reshuffles_every_epoch(root):

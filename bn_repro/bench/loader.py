@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from bn_repro.config import (
+    DaliDecode,
     DaliDevice,
     DataConfig,
     DataFormat,
@@ -94,7 +95,10 @@ def _data_config(bench: LoaderBench, loader: DataLoaderKind) -> DataConfig:
         loader=loader,
         format=bench.data_format,
         dali_device=DaliDevice(bench.device),
+        dali_decode=DaliDecode.roi,
+        dali_hw_decoder_load=0.65,
         workers=bench.workers,
+        prefetch=2,
         num_classes=len(read_manifest(bench.root)["classes"]),
         image_size=bench.size,
         photometric=bench.photometric,

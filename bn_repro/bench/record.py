@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from bn_repro.bench.device import describe_gpu
 from bn_repro.files import write_json
 from bn_repro.train.environment import git_revision, versions
 
@@ -25,9 +26,7 @@ def machine() -> dict:
     memory_kb = next(
         (int(line.split()[1]) for line in _lines("/proc/meminfo") if line.startswith("MemTotal")), 0
     )
-    gpu = None
-    if torch.cuda.is_available():
-        gpu = {"name": torch.cuda.get_device_name(0), "driver": torch.version.cuda}
+    gpu = describe_gpu(torch.cuda.current_device()) if torch.cuda.is_available() else None
     return {
         "host": platform.node(),
         "cpu": cpu,

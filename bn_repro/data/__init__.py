@@ -1,6 +1,8 @@
 from collections.abc import Iterator
 from typing import Protocol
 
+import torch
+
 from bn_repro.config import ConfigError, DaliDevice, DataConfig, DataKind, DataLoaderKind
 from bn_repro.data.synthetic import Batch, SyntheticData
 from bn_repro.data.torch_loader import TorchData
@@ -12,7 +14,8 @@ class DataSource(Protocol):
     val_size: int  # validation images over all ranks: the denominator evaluation checks
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        """This rank's batches of one epoch from start_batch on; as many on every rank."""
+        """This rank's batches of one epoch from start_batch on; as many on every rank;
+        on the host, or already on the rank's GPU."""
 
     def val_batches(self) -> Iterator[Batch]:
         """This rank's share of the validation set; every image on exactly one rank."""
@@ -35,7 +38,8 @@ def build_data(
     `val_batch` per evaluation batch (None: `batch`); cuda_device is the rank's GPU when it
     trains on one."""
     if cfg.kind is DataKind.synthetic:
-        return SyntheticData(cfg, seed, rank, world_size, batch, val_batch)
+        device = torch.device("cpu") if cuda_device is None else torch.device("cuda", cuda_device)
+        return SyntheticData(cfg, seed, rank, world_size, batch, device, val_batch)
     if cfg.root is None:
         raise ConfigError(
             "data.root is not set: point it at the output of `bn-repro prepare`"

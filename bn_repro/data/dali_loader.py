@@ -1,6 +1,7 @@
 """loader=dali: the training and validation pipelines, reading the prepared folder tree (file
 reader) or the shards (webdataset reader with index files). dali_device=gpu decodes with nvJPEG
-(mixed); cpu keeps every operator on the CPU and builds with device_id=None.
+(mixed), sharing the JPEGs with the hardware decoder of A100/H100, and hands the trainer images
+and labels already on the GPU; cpu keeps every operator on the CPU and builds with device_id=None.
 
 Transforms match torchvision's (augment.py): the crop ranges, flip, photometric strengths and
 the validation resize-then-centre-crop, all with antialiased linear interpolation."""
@@ -12,7 +13,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from bn_repro.config import ConfigError, DataConfig, DataFormat, Photometric
+from bn_repro.config import ConfigError, DaliDecode, DataConfig, DataFormat, Photometric
 from bn_repro.data.augment import (
     CROP_AREA,
     CROP_ASPECT,
@@ -89,51 +90,53 @@ def _distort(images, strength: Photometric):
     )
 
 
+def _decoder(cfg: DataConfig, gpu: bool) -> dict:
+    if not gpu:
+        return {"device": "cpu"}
+    return {"device": "mixed", "hw_decoder_load": cfg.dali_hw_decoder_load}
+
+
+def _on_device(labels, gpu: bool):
+    # The step reads labels on the GPU; a host copy of its own would wait for the steps before.
+    return labels.gpu() if gpu else labels
+
+
 @pipeline_def
 def train_pipeline(
-    source: dict,
-    rank: int,
-    world_size: int,
-    size: int,
-    strength: Photometric,
-    gpu: bool,
-    shuffle_seed: int,
+    cfg: DataConfig, source: dict, rank: int, world_size: int, gpu: bool, shuffle_seed: int
 ):
     jpegs, labels = _read(source, rank, world_size, True, shuffle_seed)
-    # Decode only the random crop's region (fused decode-and-crop), then resize it.
-    images = fn.decoders.image_random_crop(
-        jpegs,
-        device="mixed" if gpu else "cpu",
-        output_type=types.RGB,
-        random_area=list(CROP_AREA),
-        random_aspect_ratio=list(CROP_ASPECT),
-        num_attempts=10,
-    )
+    crop = dict(random_area=list(CROP_AREA), random_aspect_ratio=list(CROP_ASPECT), num_attempts=10)
     # Float out of the resize: the distortion and normalization then skip a uint8 round trip
     # (measured on 2 CPU cores: 764 -> 988 images/s with full distortion).
-    images = fn.resize(
-        images,
-        resize_x=size,
-        resize_y=size,
-        interp_type=types.INTERP_LINEAR,
-        antialias=True,
-        dtype=types.FLOAT,
-    )
-    images = _distort(images, strength)
-    return _normalize(images, mirror=fn.random.coin_flip(probability=0.5)), labels
+    resize = dict(interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
+    size = cfg.image_size
+    if cfg.dali_decode is DaliDecode.roi:  # decode only the random crop's region, then resize it
+        images = fn.decoders.image_random_crop(
+            jpegs, output_type=types.RGB, **crop, **_decoder(cfg, gpu)
+        )
+        images = fn.resize(images, resize_x=size, resize_y=size, **resize)
+    else:
+        images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder(cfg, gpu))
+        images = fn.random_resized_crop(images, size=[size, size], **crop, **resize)
+    images = _distort(images, cfg.photometric)
+    images = _normalize(images, mirror=fn.random.coin_flip(probability=0.5))
+    return images, _on_device(labels, gpu)
 
 
 @pipeline_def
-def val_pipeline(source: dict, rank: int, world_size: int, size: int, gpu: bool, shuffle_seed: int):
+def val_pipeline(
+    cfg: DataConfig, source: dict, rank: int, world_size: int, gpu: bool, shuffle_seed: int
+):
     jpegs, labels = _read(source, rank, world_size, False, shuffle_seed)
-    images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder(cfg, gpu))
     images = fn.resize(
         images,
-        resize_shorter=round(size / VAL_CROP_FRACTION),
+        resize_shorter=round(cfg.image_size / VAL_CROP_FRACTION),
         interp_type=types.INTERP_LINEAR,
         antialias=True,
     )
-    return _normalize(images, crop=(size, size)), labels
+    return _normalize(images, crop=(cfg.image_size, cfg.image_size)), _on_device(labels, gpu)
 
 
 def dali_train_pipeline(
@@ -150,11 +153,10 @@ def dali_train_pipeline(
     checkpoint when given one."""
     # Augmentation draws differ per rank; the reader's permutation is the run's, shared.
     return train_pipeline(
+        cfg,
         source,
         rank,
         world_size,
-        cfg.image_size,
-        cfg.photometric,
         device_id is not None,
         seed,
         seed=seed * 1000 + rank,
@@ -169,7 +171,7 @@ def _pipeline_options(cfg: DataConfig, batch: int, device_id: int | None) -> dic
         batch_size=batch,
         num_threads=max(1, cfg.workers),
         device_id=device_id,
-        prefetch_queue_depth=2,
+        prefetch_queue_depth=cfg.prefetch,
     )
 
 
@@ -194,10 +196,10 @@ class DaliData:
             cfg, train, seed, rank, world_size, batch, device_id, state
         )
         val_pipe = val_pipeline(
+            cfg,
             val,
             rank,
             world_size,
-            cfg.image_size,
             device_id is not None,
             seed,
             seed=seed,

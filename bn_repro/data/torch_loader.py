@@ -41,7 +41,7 @@ class TorchData:
         self.val_batch = val_batch or batch
         self.train_transform = train_transform(cfg.image_size, cfg.photometric)
         self.val_transform = val_transform(cfg.image_size)
-        self.workers, self.pin_memory = cfg.workers, pin_memory
+        self.workers, self.prefetch, self.pin_memory = cfg.workers, cfg.prefetch, pin_memory
 
     @property
     def val_size(self) -> int:
@@ -63,8 +63,13 @@ class TorchData:
         return None  # the position is the epoch and batch the trainer keeps
 
     def _load(self, batches: "_Batches") -> Iterator[Batch]:
+        # Pinned batches let the trainer's copy to the GPU overlap the step before (loop.Compute).
         loader = DataLoader(
-            batches, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory
+            batches,
+            batch_size=None,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch if self.workers else None,
         )
         return iter(loader)
 

@@ -51,6 +51,12 @@ def layer_table(model: Inception, image_size: int) -> list[LayerRow]:
     ]
 
 
+def training_multiply_adds(model: Inception, image_size: int) -> int:
+    """Forward multiply-adds per image of every layer that runs in training: the trunk (what
+    `bn-repro describe` counts) and the auxiliary heads, when there are any."""
+    return sum(row.multiply_adds for row in layer_table(model, image_size))
+
+
 def _kind(stage: nn.Module) -> str:
     """The layer's type in the words of Fig. 5."""
     if isinstance(stage, nn.Sequential):

@@ -81,20 +81,43 @@ class Plan:
 
 @dataclass(frozen=True)
 class Compute:
-    """How a step runs on this device: autocast dtype (None: fp32) and memory format."""
+    """How a step runs on this device: autocast dtype (None: fp32), memory format, and the
+    stream that copies host batches to the GPU (None: the current stream)."""
 
     device: torch.device
     autocast_dtype: torch.dtype | None
     channels_last: bool
+    copy_stream: torch.cuda.Stream | None = None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def autocast(self):
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        return images.to(self.device, non_blocking=True, memory_format=memory_format)
+    def batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The batch on the device, in the step's memory format, without waiting for the device:
+        a blocking copy would stall the host until the steps queued before it had run."""
+        if self.copy_stream is None or images.is_cuda:
+            return self._to_device(images, labels)
+        # A host batch (pinned by the loader) is copied on the copy stream, so the copy overlaps
+        # the step still running on the current stream; this step's kernels wait for it.
+        with torch.cuda.stream(self.copy_stream):
+            batch = self._to_device(images, labels)
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.copy_stream)
+        for tensor in batch:
+            tensor.record_stream(current)  # its memory is not reused before the step has run
+        return batch
+
+    def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (
+            images.to(self.device, non_blocking=True, memory_format=self.memory_format),
+            labels.to(self.device, non_blocking=True),
+        )
 
 
 @dataclass
@@ -112,8 +135,8 @@ class Trainer:
     checkpoint_extra: dict  # saved with every checkpoint (the resolved config)
     identity: dict  # what the run is, in the summary: the report reads no config
     stop_signal: list = field(default_factory=list)  # filled by stop_on_signals
-    window: "Window" = field(init=False)
-    last_checkpoint: float = field(init=False)
+    window: "Window" = field(init=False, default_factory=lambda: Window(time.perf_counter()))
+    last_checkpoint: float = field(init=False, default_factory=time.monotonic)
 
     def fit(self, progress: Progress) -> str:
         """Train to the planned length; returns finished, diverged or preempted."""
@@ -126,15 +149,23 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
         if progress.step >= self.plan.total_steps:
             return "finished"
+        steps = self.train_steps(progress)
+        while True:
+            next(steps)
+            outcome = self.step_boundary(progress)
+            if outcome:
+                return outcome
+
+    def train_steps(self, progress: Progress) -> Iterator[None]:
+        """One optimizer step each time it is advanced, epoch after epoch, without end; progress
+        and the window count them. Nothing in a step waits for the device."""
         while True:
             batches = self.data.train_epoch(progress.epoch, progress.batch_in_epoch)
             for images, labels in self.timed(batches):
                 self.window.add(self.train_step(images, labels, progress.step), len(labels))
                 progress.step += 1
                 progress.batch_in_epoch += 1
-                outcome = self.step_boundary(progress)
-                if outcome:
-                    return outcome
+                yield
             progress.epoch += 1
             progress.batch_in_epoch = 0
 
@@ -176,10 +207,9 @@ class Trainer:
         lr = lr_at(self.plan.paper_steps(step), self.hp)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        images, labels = self.compute.batch(images, labels)
         with self.compute.autocast():
-            loss = loss_of(
-                self.forward(self.compute.inputs(images)), labels.to(self.compute.device)
-            )
+            loss = loss_of(self.forward(images), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -196,7 +226,9 @@ class Trainer:
         stop, time_due, nonfinite = all_reduce(flags, self.compute.device, ReduceOp.MAX)
         return bool(stop), bool(time_due), bool(nonfinite)
 
-    def log_training(self, progress: Progress) -> None:
+    def measure_window(self) -> dict:
+        """The mean training loss, images/s over all ranks and the share of time spent waiting
+        for data since the window began, once the device has run the queued steps."""
         window = self.window
         if self.compute.device.type == "cuda":
             torch.cuda.synchronize()  # so that the elapsed time covers the queued work
@@ -205,13 +237,18 @@ class Trainer:
             [float(window.loss_sum), window.loss_images, window.images, window.data_wait],
             self.compute.device,
         )
+        return {
+            "loss": loss_sum / loss_images,
+            "images_per_s": images / elapsed,
+            "data_wait": wait / self.dist.world_size / elapsed,
+        }
+
+    def log_training(self, progress: Progress) -> None:
         record = {
             "kind": "train",
             **self.plan.counters(progress),
-            "loss": loss_sum / loss_images,
             "lr": lr_at(self.plan.paper_steps(progress.step - 1), self.hp),
-            "images_per_s": images / elapsed,
-            "data_wait": wait / self.dist.world_size / elapsed,
+            **self.measure_window(),
         }
         self.records.write(record)
         left = (self.plan.max_paper_steps - record["paper_steps"]) * paper.BATCH_SIZE
@@ -234,10 +271,10 @@ class Trainer:
         average_bn_statistics(self.model, self.dist.world_size)
         self.model.eval()
         top1 = top5 = count = loss = 0.0
-        for images, labels in self.data.val_batches():
-            labels = labels.to(self.compute.device)
+        for batch in self.data.val_batches():
+            images, labels = self.compute.batch(*batch)
             with self.compute.autocast():
-                logits = self.model(self.compute.inputs(images)).float()
+                logits = self.model(images).float()
             top1 += (logits.argmax(1) == labels).sum().item()
             best = logits.topk(min(5, logits.shape[1]), dim=1).indices
             top5 += (best == labels[:, None]).any(1).sum().item()

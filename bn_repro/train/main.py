@@ -35,66 +35,74 @@ RESUME_MUST_MATCH = ("name", "seed", "model", "optim", "data", "trainer.global_b
 def train(cfg: RunConfig) -> dict:
     """Train one run to its end, resuming from run_dir if it holds checkpoints; the summary."""
     run_dir = Path(cfg.run_dir)
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     with distributed(cfg.trainer.device) as dist:
         setup_logging(run_dir, dist.rank)
-        hp = effective_hparams(cfg)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        model = build_model(cfg.model, cfg.data.num_classes)
-        compute = pick_compute(cfg, dist)
-        model.to(compute.device, memory_format=memory_format(compute))
-        optimizer = build_optimizer(model, hp)
-        batch = per_rank_batch(cfg.trainer.global_batch, dist.world_size)
-        progress, loader_state = resume(run_dir, resolved, model, optimizer, dist)
-        cuda_device = compute.device.index if compute.device.type == "cuda" else None
-        data = build_data(
-            cfg.data,
-            cfg.seed,
-            dist.rank,
-            dist.world_size,
-            batch,
-            cuda_device,
-            loader_state,
-            val_batch=-(-cfg.trainer.eval_global_batch // dist.world_size),
-        )
-        if progress.step == 0:
-            torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout draws differ between ranks
-        records = Records(run_dir, progress.step, dist.is_main)
-        plan = make_plan(cfg)
-        records.write_file("config.json", resolved)
-        records.write_file("effective_hparams.json", vars(hp))
-        records.write_file("schedule.json", schedule_table(hp, plan.max_paper_steps))
-        record_start(run_dir, dist, enabled=dist.is_main)
-        ddp = wrap_ddp(model, compute.device)
-        forward = torch.compile(ddp, mode=cfg.trainer.compile) if cfg.trainer.compile else ddp
-        trainer = Trainer(
-            model,
-            forward,
-            optimizer,
-            data,
-            hp,
-            plan,
-            compute,
-            dist,
-            records,
-            run_dir,
-            checkpoint_extra={"config": resolved},
-            identity=identity(cfg),
-        )
+        trainer, progress = build_trainer(cfg, dist)
         log.info(
             "training %s for %s paper steps in %s",
             cfg.name,
-            f"{plan.max_paper_steps:,.0f}",
+            f"{trainer.plan.max_paper_steps:,.0f}",
             run_dir,
         )
         with stop_on_signals(trainer.stop_signal):
             status = trainer.fit(progress)
         summary = trainer.summary(progress, status)
         if status != "diverged":  # a diverged run already wrote its summary
-            records.write_file("summary.json", summary)
-        records.close()
+            trainer.records.write_file("summary.json", summary)
+        trainer.records.close()
         log.info("%s: %s", run_dir, status)
     return summary
+
+
+def build_trainer(cfg: RunConfig, dist: Dist) -> tuple[Trainer, Progress]:
+    """Everything a run trains with, and where it stands: restored from the newest checkpoint in
+    run_dir if there is one. The training benchmark drives the same objects."""
+    run_dir = Path(cfg.run_dir)
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    hp = effective_hparams(cfg)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model, cfg.data.num_classes)
+    compute = pick_compute(cfg, dist)
+    model.to(compute.device, memory_format=compute.memory_format)
+    optimizer = build_optimizer(model, hp, fused=fused_optimizer(cfg, dist))
+    batch = per_rank_batch(cfg.trainer.global_batch, dist.world_size)
+    progress, loader_state = resume(run_dir, resolved, model, optimizer, dist)
+    cuda_device = compute.device.index if compute.device.type == "cuda" else None
+    data = build_data(
+        cfg.data,
+        cfg.seed,
+        dist.rank,
+        dist.world_size,
+        batch,
+        cuda_device,
+        loader_state,
+        val_batch=-(-cfg.trainer.eval_global_batch // dist.world_size),
+    )
+    if progress.step == 0:
+        torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout draws differ between ranks
+    records = Records(run_dir, progress.step, dist.is_main)
+    plan = make_plan(cfg)
+    records.write_file("config.json", resolved)
+    records.write_file("effective_hparams.json", vars(hp))
+    records.write_file("schedule.json", schedule_table(hp, plan.max_paper_steps))
+    record_start(run_dir, dist, enabled=dist.is_main)
+    ddp = wrap_ddp(model, compute.device)
+    forward = torch.compile(ddp, mode=cfg.trainer.compile) if cfg.trainer.compile else ddp
+    trainer = Trainer(
+        model,
+        forward,
+        optimizer,
+        data,
+        hp,
+        plan,
+        compute,
+        dist,
+        records,
+        run_dir,
+        checkpoint_extra={"config": resolved},
+        identity=identity(cfg),
+    )
+    return trainer, progress
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
@@ -131,19 +139,29 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
 
 
 def pick_compute(cfg: RunConfig, dist: Dist) -> Compute:
+    """The fast path on CUDA where the config leaves it open (null or auto): bf16 autocast,
+    channels_last and a side stream for host-to-GPU copies; fp32 and plain copies on CPU."""
+    trainer = cfg.trainer
     cuda = dist.device.type == "cuda"
-    precision = cfg.trainer.precision
-    bf16 = precision is Precision.bf16 or (precision is Precision.auto and cuda)
+    bf16 = trainer.precision is Precision.bf16 or (trainer.precision is Precision.auto and cuda)
     if cuda:
-        torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
-    if cfg.trainer.deterministic:
+        torch.backends.cudnn.benchmark = not trainer.deterministic
+    if trainer.deterministic:
         torch.use_deterministic_algorithms(True)
-    channels_last = cuda if cfg.trainer.channels_last is None else cfg.trainer.channels_last
-    return Compute(dist.device, torch.bfloat16 if bf16 else None, channels_last)
+    channels_last = cuda if trainer.channels_last is None else trainer.channels_last
+    if trainer.overlap_copy and not cuda:
+        raise ConfigError(
+            "trainer.overlap_copy=true overlaps copies to a GPU, and this run has none:"
+            " leave it null (on with CUDA)"
+        )
+    overlap = cuda if trainer.overlap_copy is None else trainer.overlap_copy
+    copy_stream = torch.cuda.Stream(dist.device) if overlap else None
+    return Compute(dist.device, torch.bfloat16 if bf16 else None, channels_last, copy_stream)
 
 
-def memory_format(compute: Compute) -> torch.memory_format:
-    return torch.channels_last if compute.channels_last else torch.contiguous_format
+def fused_optimizer(cfg: RunConfig, dist: Dist) -> bool:
+    fused = cfg.trainer.fused_optimizer
+    return dist.device.type == "cuda" if fused is None else fused
 
 
 def make_plan(cfg: RunConfig) -> Plan:

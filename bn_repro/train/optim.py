@@ -22,7 +22,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, hp: EffectiveHparams) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, hp: EffectiveHparams, fused: bool) -> torch.optim.SGD:
     # Sec. 4.2: "a version of SGD with momentum (Sutskever et al., 2013)"; classical momentum
-    # (not Nesterov) as Caffe and TF's MomentumOptimizer. The rate is set every step.
-    return torch.optim.SGD(parameter_groups(model, hp.weight_decay), lr=hp.lr, momentum=hp.momentum)
+    # (not Nesterov) as Caffe and TF's MomentumOptimizer. The rate is set every step. Fused:
+    # one kernel updates every parameter of a group, the same arithmetic as the loop of the
+    # default implementation.
+    return torch.optim.SGD(
+        parameter_groups(model, hp.weight_decay), lr=hp.lr, momentum=hp.momentum, fused=fused
+    )

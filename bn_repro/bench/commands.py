@@ -1,0 +1,177 @@
+"""`bn-repro bench train` and `bn-repro bench cost`: their arguments, and the records they write
+and read under results/bench/."""
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from bn_repro import paper
+from bn_repro.bench.cost import cost_report, read_rates
+from bn_repro.bench.record import write_record
+from bn_repro.config import COMPILE_MODES, ConfigError, Precision, RunConfig, compose, to_object
+
+RESULTS = Path("results/bench")
+DATA = ("synthetic", "dali", "torch")
+
+
+def add_bench_train(benches) -> None:
+    parser = benches.add_parser(
+        "train",
+        help="training images/s per GPU, data wait, peak memory and MFU of an experiment",
+        description="Train an experiment with the trainer's own objects and step for --warmup"
+        " steps, then time --steps more: images/s per GPU, the share of time waiting for data,"
+        " peak GPU memory, the host synchronizations inside a step (CUDA) and the model FLOP"
+        " utilization (training FLOPs per image = 3 x 2 x forward multiply-adds, over the GPU's"
+        " dense bf16 peak). Switches left out keep the config's defaults (the fast path on CUDA)."
+        " Run it under torchrun for several GPUs.",
+    )
+    parser.add_argument("--experiment", default="bn_x5", help="default bn_x5")
+    parser.add_argument(
+        "--batch", type=int, default=256, help="images per GPU and step (default 256)"
+    )
+    parser.add_argument(
+        "--precision", choices=[p.value for p in Precision], help="autocast (default auto)"
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="memory format (default: on with CUDA)",
+    )
+    parser.add_argument(
+        "--compile", metavar="MODE", help=f"torch.compile the model: {', '.join(COMPILE_MODES)}"
+    )
+    parser.add_argument("--data", choices=DATA, default="synthetic", help="default synthetic")
+    parser.add_argument("--root", type=Path, help="the prepared set --data dali and torch read")
+    parser.add_argument("--size", type=int, default=224, help="image size, pixels (default 224)")
+    parser.add_argument("--workers", type=int, help="loader threads or processes per GPU")
+    parser.add_argument("--warmup", type=int, default=30, help="steps before timing (default 30)")
+    parser.add_argument("--steps", type=int, default=100, help="steps timed (default 100)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="then profile --profile-steps steps: a trace (.trace.json.gz) and a table"
+        " (.profile.txt) beside the record",
+    )
+    parser.add_argument("--profile-steps", type=int, default=5, help="default 5")
+    parser.add_argument(
+        "--tag", help="appended to the default record name, e.g. the setting a sweep varies"
+    )
+    parser.add_argument(
+        "--out", type=Path, help=f"default {RESULTS}/train-DEVICE-EXPERIMENT-DATA[-TAG].json"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="more config overrides, e.g. trainer.fused_optimizer=false data.dali_decode=full",
+    )
+    parser.set_defaults(run=run_bench_train)
+
+
+def run_bench_train(args: argparse.Namespace) -> None:
+    from bn_repro.bench import train as bench  # the trainer and torch.distributed only here
+    from bn_repro.train.distributed import launch_env, pick_device
+
+    if (args.data == "synthetic") == (args.root is not None):
+        raise ConfigError(
+            "--data dali and --data torch read a prepared set --root DIR; synthetic none"
+        )
+    if min(args.batch, args.size, args.steps, args.profile_steps) < 1 or args.warmup < 0:
+        raise ConfigError("--batch, --size, --steps and --profile-steps must be at least 1")
+    env = launch_env(os.environ)
+    overrides = bench.overrides(
+        args.experiment, args.data, args.root, args.size, args.batch * env.world_size
+    )
+    overrides += _switches(args) + args.overrides
+    cfg = to_object(compose(overrides))
+    device = pick_device(cfg.trainer.device, env.local_rank)
+    tag = f"-{args.tag}" if args.tag else ""
+    out = args.out or RESULTS / f"train-{_slug(device)}-{cfg.name}-{args.data}{tag}.json"
+    profile_steps = args.profile_steps if args.profile else 0
+    results = bench.run(cfg, bench.TrainBench(args.warmup, args.steps, profile_steps, out))
+    if results is None:  # not rank 0
+        return
+    settings = {
+        "experiment": cfg.name,
+        "data": args.data,
+        "root": None if args.root is None else str(args.root),
+        "image_size": cfg.data.image_size,
+        "batch_per_gpu": args.batch,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "overrides": overrides,
+        "config": _sections(cfg),
+    }
+    write_record(out, settings, results)
+    resolved = results["resolved"]
+    mfu = "-" if results["mfu"] is None else f"{100 * results['mfu']:.1f}%"
+    memory = results["peak_memory_gib"]
+    print(
+        f"{cfg.name} on {results['device']}, {args.data} data, batch {args.batch},"
+        f" {resolved['precision']}, channels_last {resolved['channels_last']},"
+        f" compile {cfg.trainer.compile}: {results['images_per_s_per_gpu']:,.1f} images/s per"
+        f" GPU, data wait {100 * results['data_wait']:.1f}%, MFU {mfu},"
+        f" peak memory {'-' if memory is None else f'{memory} GiB'}"
+    )
+    print(f"written to {out}")
+
+
+def _switches(args: argparse.Namespace) -> list[str]:
+    switches = []
+    if args.precision:
+        switches.append(f"trainer.precision={args.precision}")
+    if args.channels_last is not None:
+        switches.append(f"trainer.channels_last={str(args.channels_last).lower()}")
+    if args.compile:
+        switches.append(f"trainer.compile={args.compile}")
+    if args.workers is not None:
+        switches.append(f"data.workers={args.workers}")
+    return switches
+
+
+def _slug(device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    import torch
+
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def _sections(cfg: RunConfig) -> dict:
+    return {
+        name: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, name)), enum_to_str=True)
+        for name in ("trainer", "data")
+    }
+
+
+def add_bench_cost(benches) -> None:
+    parser = benches.add_parser(
+        "cost",
+        help="throughput per GPU and Figure 3's GPU-hours, from bench train's records",
+        description="Print, from the records of `bn-repro bench train` at 224 pixels on GPUs,"
+        " every measured rate and the GPU-hours of each Figure 3 variant: to the paper's steps to"
+        " 72.2% (Fig. 3) and for a default run (trainer.max_paper_steps), at the fastest rate"
+        " with real data (else synthetic), as Markdown.",
+    )
+    parser.add_argument(
+        "records", nargs="*", type=Path, help=f"default: every {RESULTS}/train-*.json"
+    )
+    parser.set_defaults(run=run_bench_cost)
+
+
+def run_bench_cost(args: argparse.Namespace) -> None:
+    paths = args.records or sorted(RESULTS.glob("train-*.json"))
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise ConfigError(f"no such record: {', '.join(missing)}")
+    rates, left_out = read_rates(paths)
+    run_paper_steps = {
+        row.experiment: compose([f"experiment={row.experiment}"]).trainer.max_paper_steps
+        for row in paper.FIGURE_3
+    }
+    print(cost_report(rates, run_paper_steps))
+    for reason in left_out:
+        print(f"left out {reason}")

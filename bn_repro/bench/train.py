@@ -1,0 +1,198 @@
+"""`bn-repro bench train`: training images/s per GPU of the trainer's own step (build_trainer,
+Trainer.train_steps: the objects and code a run trains with) over a fixed number of steps after a
+warm-up, with the share of time spent waiting for data, peak GPU memory, the host
+synchronizations inside a step and the model FLOP utilization (MFU)."""
+
+import dataclasses
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bn_repro.bench.device import dense_bf16_peak
+from bn_repro.config import RunConfig
+from bn_repro.data.prepared import read_manifest
+from bn_repro.models import build_model
+from bn_repro.models.summary import training_multiply_adds
+from bn_repro.train.distributed import distributed
+from bn_repro.train.loop import Progress, Trainer, Window
+from bn_repro.train.main import build_trainer
+
+IMAGENET_CLASSES = 1000  # synthetic data gets ImageNet's classifier, as the paper's networks
+SYNTHETIC_BATCHES = 4  # distinct global batches of synthetic images, kept on the GPU
+# Training FLOPs per image: a forward pass and two backward ones (to the inputs and to the
+# weights), each as many multiply-adds, of 2 FLOPs each.
+PASSES, FLOPS_PER_MULTIPLY_ADD = 3, 2
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+@dataclass(frozen=True)
+class TrainBench:
+    warmup: int  # steps before the clock starts: cuDNN's autotuning, compilation, loader start
+    steps: int  # steps timed
+    profile_steps: int  # steps under the torch profiler after the timed ones; 0: none
+    profile_out: Path  # the trace (.trace.json.gz) and table (.profile.txt) go beside this
+
+
+def overrides(
+    experiment: str, data: str, root: Path | None, size: int, global_batch: int
+) -> list[str]:
+    """The config of the benchmark: the experiment at image size `size`, on synthetic images or
+    the prepared set at root read by the DALI or torchvision loader."""
+    common = [
+        f"experiment={experiment}",
+        f"trainer.global_batch={global_batch}",
+        f"data.image_size={size}",
+    ]
+    if data == "synthetic":
+        return common + [
+            "data=synthetic",
+            f"data.num_classes={IMAGENET_CLASSES}",
+            f"data.synthetic.train_size={SYNTHETIC_BATCHES * global_batch}",
+            "data.synthetic.val_size=1",  # never evaluated
+        ]
+    classes = len(read_manifest(root)["classes"])
+    return common + [
+        "data=imagenet",
+        f"data.root={root}",
+        f"data.loader={data}",
+        f"data.num_classes={classes}",
+    ]
+
+
+def training_flops(cfg: RunConfig) -> int:
+    """Training FLOPs per image of the run's network at its image size."""
+    model = build_model(cfg.model, cfg.data.num_classes)
+    return PASSES * FLOPS_PER_MULTIPLY_ADD * training_multiply_adds(model, cfg.data.image_size)
+
+
+def run(cfg: RunConfig, bench: TrainBench) -> dict | None:
+    """The benchmark's results (None on ranks other than 0). It trains in a temporary run_dir."""
+    flops = training_flops(cfg)
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = dataclasses.replace(cfg, run_dir=run_dir)
+        with distributed(cfg.trainer.device) as dist:
+            trainer, progress = build_trainer(cfg, dist)
+            measured = _measure(trainer, progress, bench)
+    if not dist.is_main:
+        return None
+    device = measured.pop("device")
+    per_gpu = measured.pop("images_per_s") / dist.world_size
+    peak, peak_note = dense_bf16_peak(device)
+    notes = {"mfu": peak_note}
+    if measured["peak_memory_gib"] is None:
+        notes["memory"] = "measured on CUDA only"
+    if measured["host_syncs_in_a_step"] is None:
+        notes["host_syncs_in_a_step"] = "checked on CUDA only (torch.cuda.set_sync_debug_mode)"
+    return {
+        "device": device,
+        "world_size": dist.world_size,
+        "images_per_s_per_gpu": round(per_gpu, 1),
+        "step_ms": round(1000 * cfg.trainer.global_batch / dist.world_size / per_gpu, 2),
+        "training_flops_per_image": flops,
+        "achieved_tflops": round(per_gpu * flops / 1e12, 3),
+        "peak_bf16_dense_tflops": peak,
+        "mfu": round(per_gpu * flops / (peak * 1e12), 4) if peak else None,
+        **measured,
+        "notes": notes,
+    }
+
+
+def _measure(trainer: Trainer, progress: Progress, bench: TrainBench) -> dict:
+    device = trainer.compute.device
+    cuda = device.type == "cuda"
+    steps = trainer.train_steps(progress)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    _advance(trainer, steps, progress, bench.warmup)
+    host_syncs = _host_syncs(steps) if cuda else None
+    _synchronize(device)
+    trainer.window = Window(time.perf_counter())
+    _advance(trainer, steps, progress, bench.steps)
+    window = trainer.measure_window()
+    measured = {
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "images_per_s": window["images_per_s"],
+        "data_wait": round(window["data_wait"], 4),
+        "loss": window["loss"] if math.isfinite(window["loss"]) else None,
+        "host_syncs_in_a_step": host_syncs,
+        **_memory(device),
+        "resolved": _resolved(trainer),
+    }
+    if bench.profile_steps:
+        measured["profile"] = _profile(trainer, steps, progress, bench, cuda)
+    return measured
+
+
+def _advance(trainer: Trainer, steps: Iterator[None], progress: Progress, count: int) -> None:
+    """`count` training steps, with the ranks' agreement every control_every_steps as a run
+    has it (its one host synchronization between logs)."""
+    for _ in range(count):
+        next(steps)
+        if progress.step % trainer.plan.control_every_steps == 0:
+            trainer.agree()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _host_syncs(steps: Iterator[None]) -> list[str]:
+    """Where one step, data included, waits for the GPU: the Python lines of the synchronizing
+    CUDA calls torch reports (it does not see every kind; torch.distributed's, for one)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            next(steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [f"{w.filename}:{w.lineno}" for w in caught if SYNC_WARNING in str(w.message)]
+
+
+def _resolved(trainer: Trainer) -> dict:
+    """What the config's null and auto switches became on this device."""
+    compute = trainer.compute
+    return {
+        "precision": "bf16" if compute.autocast_dtype == torch.bfloat16 else "fp32",
+        "channels_last": compute.channels_last,
+        "overlap_copy": compute.copy_stream is not None,
+        "fused_optimizer": bool(trainer.optimizer.defaults["fused"]),
+    }
+
+
+def _memory(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {"peak_memory_gib": None, "peak_reserved_gib": None, "device_memory_used_gib": None}
+    free, total = torch.cuda.mem_get_info(device)
+    return {
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),  # tensors
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 2),  # cache
+        "device_memory_used_gib": round((total - free) / 2**30, 2),  # all, DALI's pools too
+    }
+
+
+def _profile(
+    trainer: Trainer, steps: Iterator[None], progress: Progress, bench: TrainBench, cuda: bool
+) -> dict:
+    """A torch profiler trace (chrome://tracing, Perfetto) and table of a few steps, after the
+    timed ones so as not to slow them."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as profiler:
+        _advance(trainer, steps, progress, bench.profile_steps)
+        _synchronize(trainer.compute.device)
+    trace = bench.profile_out.with_suffix(".trace.json.gz")
+    table = bench.profile_out.with_suffix(".profile.txt")
+    if trainer.dist.is_main:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        profiler.export_chrome_trace(str(trace))
+        sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+        table.write_text(profiler.key_averages().table(sort_by=sort, row_limit=40) + "\n")
+    return {"steps": bench.profile_steps, "trace": str(trace), "table": str(table)}

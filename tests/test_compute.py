@@ -1,0 +1,83 @@
+"""The fast path's switches, on CPU: every variant keeps bf16 convolutions and channels_last
+through every layer (no silent fallback to another layout), BN keeps fp32 statistics, the fused
+optimizer makes the default's update, and the switches resolve as the config says."""
+
+import pytest
+import torch
+from torch import nn
+
+from bn_repro.config import ConfigError, experiments
+from bn_repro.hparams import effective_hparams
+from bn_repro.train.distributed import Dist
+from bn_repro.train.main import fused_optimizer, pick_compute
+from bn_repro.train.optim import build_optimizer
+from tests.helpers import model_of, run_config
+
+CPU = Dist(0, 1, 0, torch.device("cpu"), "single")
+
+
+@pytest.mark.parametrize("experiment", experiments())
+def test_every_variant_runs_bf16_convolutions_in_channels_last_throughout(experiment):
+    model = model_of(experiment, num_classes=10).to(memory_format=torch.channels_last)
+    outputs = []
+    for module in model.modules():
+        if not list(module.children()):
+            module.register_forward_hook(lambda m, i, out: outputs.append((m, out)))
+    images = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(images)
+    maps = [(m, out) for m, out in outputs if out.dim() == 4]
+    assert len(maps) > 100
+    for module, out in maps:
+        assert out.is_contiguous(memory_format=torch.channels_last), type(module).__name__
+    convs = [out for m, out in maps if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 70 and all(out.dtype == torch.bfloat16 for out in convs)
+    # BN normalizes bf16 maps with fp32 parameters and running statistics, updated in place.
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            assert module.running_var.dtype == module.weight.dtype == torch.float32
+            assert module.num_batches_tracked == 1
+
+
+@pytest.mark.parametrize("experiment", ["inception", "bn_x5"])
+def test_the_fused_optimizer_makes_the_same_update(experiment):
+    hp = effective_hparams(run_config(experiment))
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(10, (4,))
+    weights = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = model_of(experiment, "model.dropout=false", num_classes=10)
+        optimizer = build_optimizer(model, hp, fused=fused)
+        for _ in range(2):  # the momentum buffer is at work in the second step
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+        weights.append(model.state_dict())
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, msg=name)
+
+
+def test_on_cpu_the_open_switches_resolve_to_plain_fp32():
+    cfg = run_config("bn_x5")
+    compute = pick_compute(cfg, CPU)
+    assert compute.autocast_dtype is None and not compute.channels_last
+    assert compute.copy_stream is None and not fused_optimizer(cfg, CPU)
+
+
+def test_the_switches_apply_on_cpu_where_they_can():
+    cfg = run_config(
+        "bn_x5",
+        "trainer.precision=bf16",
+        "trainer.channels_last=true",
+        "trainer.fused_optimizer=true",
+    )
+    compute = pick_compute(cfg, CPU)
+    assert compute.autocast_dtype == torch.bfloat16 and compute.channels_last
+    assert compute.memory_format == torch.channels_last and fused_optimizer(cfg, CPU)
+    images, labels = compute.batch(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]))
+    assert images.is_contiguous(memory_format=torch.channels_last) and labels.tolist() == [1, 2]
+
+
+def test_overlapping_copies_without_a_gpu_is_refused():
+    with pytest.raises(ConfigError, match="trainer.overlap_copy=true overlaps copies to a GPU"):
+        pick_compute(run_config("bn_x5", "trainer.overlap_copy=true"), CPU)
