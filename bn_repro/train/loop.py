@@ -110,7 +110,7 @@ class Trainer:
     run_dir: Path
     checkpoint_extra: dict  # saved with every checkpoint (the resolved config)
     identity: dict  # what the run is, in the summary: the report reads no config
-    stop_signal: list = field(default_factory=list)  # filled by stop_on_signals
+    stop_signal: list  # the signals received, filled by stop_on_signals
     window: "Window" = field(init=False)
     last_checkpoint: float = field(init=False)
 
@@ -357,9 +357,10 @@ class Window:
 
 @contextmanager
 def stop_on_signals(received: list) -> Iterator[None]:
-    """SIGTERM, or SIGUSR1 (SLURM's warning before the time limit), asks for a checkpoint at the
-    next step boundary."""
-    handled = (signal.SIGTERM, signal.SIGUSR1)
+    """SIGTERM, SIGUSR1 or SIGUSR2 (SLURM's warning before the time limit: the usual one, and
+    submitit's) asks for a checkpoint and a stop at the next control point; the handlers from
+    before come back afterwards (requeue.ask_to_be_requeued hands them the signals)."""
+    handled = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
     previous = {
         sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in handled
     }
