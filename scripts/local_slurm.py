@@ -25,7 +25,7 @@ DAEMONS = ("slurmd", "slurmctld", "munged")  # in the order they stop
 
 
 class SlurmError(RuntimeError):
-    """The local SLURM could not start; the message says why and where its logs are."""
+    """The local SLURM could not start or stop; the message says why, and where to look."""
 
 
 class LocalSlurm:
@@ -71,12 +71,18 @@ class LocalSlurm:
     def configuration(self) -> str:
         # slurmd -C: this machine's node line (name, CPUs, sockets, cores, memory in MB)
         node = run(["slurmd", "-C"], capture=True).splitlines()[0]
+        host = socket.gethostname()
+        try:  # jobs meet their other ranks at the node's name
+            socket.gethostbyname(host)
+        except OSError:
+            message = f"this machine's name {host} does not resolve: add it to /etc/hosts"
+            raise SlurmError(message) from None
         controller, node_daemon = free_ports(2)
         root = self.root
         return f"""\
 # A single-node cluster on localhost, written by scripts/local_slurm.py
 ClusterName=bnrepro
-SlurmctldHost={socket.gethostname()}(127.0.0.1)
+SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={controller}
 SlurmdPort={node_daemon}
 SlurmUser=root
