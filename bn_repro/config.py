@@ -13,7 +13,10 @@ from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -213,6 +216,24 @@ def compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(explain(error)) from None
     validate(cfg)
     return cfg
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The jobs of `bn-repro train -m OVERRIDES`, each as its overrides, made as Hydra's sweeper
+    makes them: a sweep preset's hydra.sweeper.params, then the command line's (which win),
+    crossed."""
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            parser = OverridesParser.create(GlobalHydra.instance().config_loader())
+            fixed = [
+                o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()
+            ]
+            cfg = hydra_compose(config_name="train", overrides=fixed, return_hydra_config=True)
+            params = cfg.hydra.sweeper.params or {}
+            preset = [f"{key}={value}" for key, value in params.items()]
+            return BasicSweeper.split_arguments(parser.parse_overrides(preset + overrides), None)[0]
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(explain(error)) from None
 
 
 def explain(error: BaseException) -> str:

@@ -1,4 +1,5 @@
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +10,21 @@ from bn_repro.config import RunConfig, compose, to_object
 from bn_repro.models import build_model
 from bn_repro.train.checkpoint import checkpoints
 
+BIN = Path(sys.executable).parent  # the environment's bn-repro and torchrun
 TIMING = ("images_per_s", "data_wait")
+# 40 paper steps of 32 images in optimizer steps of 8: 160 steps of a 32-pixel Inception.
+TINY = [
+    "data=synthetic",
+    "data.synthetic.train_size=256",
+    "data.synthetic.val_size=101",  # odd, so two ranks split it unevenly
+    "trainer.global_batch=8",
+    "trainer.max_paper_steps=40",
+    "trainer.eval_every_paper_steps=10",
+    "trainer.log_every_paper_steps=5",
+    "trainer.checkpoint_every_paper_steps=10",
+    "trainer.control_every_steps=1",
+    "trainer.deterministic=true",
+]
 
 
 def run_config(experiment: str, *overrides: str) -> RunConfig:

@@ -6,7 +6,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from bn_repro import paper
-from bn_repro.config import ConfigError, LrScaling, compose, experiments
+from bn_repro.config import (
+    ConfigError,
+    LrScaling,
+    RunConfig,
+    compose,
+    experiments,
+    sweep_jobs,
+    to_object,
+)
 from bn_repro.hparams import effective_hparams, lr_scale
 from tests.helpers import run_config
 
@@ -118,3 +126,24 @@ def test_user_errors_say_what_to_fix(overrides, expected):
     with pytest.raises(ConfigError) as error:
         compose(overrides)
     assert expected in str(error.value)
+
+
+def composed_jobs(*overrides: str) -> list[RunConfig]:
+    return [to_object(compose(job)) for job in sweep_jobs(list(overrides))]
+
+
+def test_the_figure3_preset_runs_the_five_networks_over_seeds_in_their_own_directories():
+    runs = composed_jobs("sweep=figure3")
+    assert sorted({r.name for r in runs}) == sorted(row.experiment for row in paper.FIGURE_3)
+    assert {r.seed for r in runs} == {0, 1, 2} and len(runs) == 15
+    assert len({r.run_dir for r in runs}) == 15
+    # the command line wins over the preset, as in bn-repro train -m
+    assert {r.seed for r in composed_jobs("sweep=figure3", "seed=7")} == {7}
+
+
+def test_the_lr_preset_crosses_multipliers_with_and_without_bn_in_their_own_directories():
+    runs = composed_jobs("sweep=lr_multipliers")
+    grid = {(r.model.norm.value, r.optim.lr_multiplier) for r in runs}
+    assert {1, 5, 30} <= {multiplier for _, multiplier in grid}
+    assert grid == {(norm, m) for norm in ("none", "batchnorm") for _, m in grid}
+    assert len({r.run_dir for r in runs}) == len(runs) == len(grid)

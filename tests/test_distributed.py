@@ -1,5 +1,7 @@
 """Where a process stands, from the variables of each launcher."""
 
+import os
+
 from bn_repro.train.distributed import launch_env
 
 
@@ -41,3 +43,24 @@ def test_srun_and_submitit_tasks():
 def test_a_batch_script_without_srun_is_one_process():
     env = launch_env({"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_ID": "7"})
     assert (env.rank, env.world_size, env.launcher) == (0, 1, "single")
+
+
+def test_submitit_tasks_take_their_rank_from_submitit(monkeypatch):
+    job = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "1234",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "4",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+    }
+    for name, value in job.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    env = launch_env(os.environ)
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr) == (3, 4, 1, "gpu07")
+    assert env.launcher == "submitit"
+    # the port follows from the job id, so the ranks of a requeued job meet again
+    assert launch_env(os.environ).master_port == env.master_port

@@ -3,7 +3,6 @@
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,24 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bn_repro.train.checkpoint import checkpoints
 from bn_repro.train.records import read_metrics, tensorboard_step
-from tests.helpers import assert_same_records, kill_after_first_checkpoint, model_of
+from tests.helpers import BIN, TINY, assert_same_records, kill_after_first_checkpoint, model_of
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-# 40 paper steps of 32 images in optimizer steps of 8: 160 steps of a 32-pixel Inception.
-TINY = [
-    "data=synthetic",
-    "data.synthetic.train_size=256",
-    "data.synthetic.val_size=101",  # odd, so two ranks split it unevenly
-    "trainer.global_batch=8",
-    "trainer.max_paper_steps=40",
-    "trainer.eval_every_paper_steps=10",
-    "trainer.log_every_paper_steps=5",
-    "trainer.checkpoint_every_paper_steps=10",
-    "trainer.control_every_steps=1",
-    "trainer.deterministic=true",
-]
 
 
 def command(run_dir: Path, *overrides: str, ranks: int = 1) -> list:

@@ -25,7 +25,7 @@ class Dist:
     world_size: int
     local_rank: int
     device: torch.device
-    launcher: str  # single | torchrun | slurm
+    launcher: str  # single | torchrun | submitit | slurm
 
     @property
     def is_main(self) -> bool:
@@ -43,8 +43,8 @@ class LaunchEnv:
 
 
 def launch_env(environ: Mapping[str, str]) -> LaunchEnv:
-    """Where this process stands, from torchrun's variables, SLURM's (srun, and the submitit
-    tasks srun starts), or neither (a plain process: world size 1)."""
+    """Where this process stands, from torchrun's variables, submitit's job environment (the
+    hydra/launcher=slurm tasks), SLURM's (srun), or none (a plain process: world size 1)."""
     if "RANK" in environ and "WORLD_SIZE" in environ:
         return LaunchEnv(
             int(environ["RANK"]),
@@ -54,6 +54,8 @@ def launch_env(environ: Mapping[str, str]) -> LaunchEnv:
             int(environ["MASTER_PORT"]),
             "torchrun",
         )
+    if "SUBMITIT_EXECUTOR" in environ:  # set in the jobs submitit writes
+        return _submitit_env()
     # SLURM_STEP_NUM_TASKS exists only inside an srun step, so a batch script that runs the
     # trainer without srun is one process, not rank 0 of a group that never comes.
     if int(environ.get("SLURM_STEP_NUM_TASKS", 1)) > 1:
@@ -67,6 +69,17 @@ def launch_env(environ: Mapping[str, str]) -> LaunchEnv:
             "slurm",
         )
     return LaunchEnv(0, 1, 0, "127.0.0.1", 0, "single")  # no rendezvous: no port
+
+
+def _submitit_env() -> LaunchEnv:
+    # submitit reads SLURM's variables of the job (or its local executor's) and derives the
+    # rendezvous port from the job id, so a requeued job meets at the same address.
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment()
+    return LaunchEnv(
+        env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port, "submitit"
+    )
 
 
 def _first_host(nodelist: str) -> str:

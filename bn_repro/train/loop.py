@@ -397,9 +397,10 @@ class Window:
 
 @contextmanager
 def stop_on_signals(received: list) -> Iterator[None]:
-    """SIGTERM, or SIGUSR1 (SLURM's warning before the time limit), asks for a checkpoint at the
-    next step boundary."""
-    handled = (signal.SIGTERM, signal.SIGUSR1)
+    """SIGTERM, SIGUSR1 or SIGUSR2 (SLURM's warning before the time limit: the usual one, and
+    submitit's) asks for a checkpoint and a stop at the next control point; the handlers from
+    before come back afterwards (requeue.ask_to_be_requeued hands them the signals)."""
+    handled = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
     previous = {
         sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in handled
     }

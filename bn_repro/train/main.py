@@ -22,30 +22,29 @@ from bn_repro.train.environment import record_start
 from bn_repro.train.loop import Compute, Plan, Progress, Trainer, stop_on_signals
 from bn_repro.train.optim import build_optimizer
 from bn_repro.train.records import Records, setup_logging
+from bn_repro.train.requeue import ask_to_be_requeued
 from bn_repro.train.schedule import schedule_table
 
 log = logging.getLogger(__name__)
 
-# EX_TEMPFAIL: the run checkpointed on SIGTERM/SIGUSR1; run the same command again to resume.
-REQUEUE_EXIT_CODE = 75
 # A resumed run must train the same thing; the trainer's other keys may change between starts.
 RESUME_MUST_MATCH = ("name", "seed", "model", "optim", "data", "trainer.global_batch")
 
 
-def train(cfg: RunConfig) -> dict:
-    """Train one run to its end, resuming from run_dir if it holds checkpoints; the summary."""
+def train(cfg: RunConfig, stop_signal: list) -> dict:
+    """Train one run to its end, resuming from run_dir if it holds checkpoints, or until a signal
+    arrives in stop_signal (stop_on_signals fills it); the summary."""
     run_dir = Path(cfg.run_dir)
     with distributed(cfg.trainer.device) as dist:
         setup_logging(run_dir, dist.rank)
-        trainer, progress = build_trainer(cfg, dist)
+        trainer, progress = build_trainer(cfg, dist, stop_signal)
         log.info(
             "training %s for %s paper steps in %s",
             cfg.name,
             f"{trainer.plan.max_paper_steps:,.0f}",
             run_dir,
         )
-        with stop_on_signals(trainer.stop_signal):
-            status = trainer.fit(progress)
+        status = trainer.fit(progress)
         summary = trainer.summary(progress, status)
         if status != "diverged":  # a diverged run already wrote its summary
             trainer.records.write_file("summary.json", summary)
@@ -54,9 +53,12 @@ def train(cfg: RunConfig) -> dict:
     return summary
 
 
-def build_trainer(cfg: RunConfig, dist: Dist) -> tuple[Trainer, Progress]:
+def build_trainer(
+    cfg: RunConfig, dist: Dist, stop_signal: list | None = None
+) -> tuple[Trainer, Progress]:
     """Everything a run trains with, and where it stands: restored from the newest checkpoint in
-    run_dir if there is one. The training benchmark drives the same objects."""
+    run_dir if there is one; it stops when a signal arrives in stop_signal. The training
+    benchmark drives the same objects."""
     run_dir = Path(cfg.run_dir)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     hp = effective_hparams(cfg)
@@ -101,6 +103,7 @@ def build_trainer(cfg: RunConfig, dist: Dist) -> tuple[Trainer, Progress]:
         run_dir,
         checkpoint_extra={"config": resolved},
         identity=identity(cfg),
+        stop_signal=[] if stop_signal is None else stop_signal,
     )
     return trainer, progress
 
@@ -213,13 +216,15 @@ def resume(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
+    stops: list[int] = []
     try:
         validate(cfg)
-        summary = train(to_object(cfg))
+        with stop_on_signals(stops):
+            summary = train(to_object(cfg), stops)
     except ConfigError as error:
         print(f"bn-repro train: {error}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return  # this job fails; the sweep's other jobs go on
         sys.exit(2)
     if summary["status"] == "preempted":
-        sys.exit(REQUEUE_EXIT_CODE)
+        ask_to_be_requeued(stops)

@@ -1,0 +1,1 @@
+"""Helpers run from a clone; importable by the tests."""
