@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bn_repro.bench.commands import add_bench_cost, add_bench_train
+from bn_repro.bench.commands import RESULTS, add_bench_cost, add_bench_train
 from bn_repro.bench.loader import LOADERS, LoaderBench, run
 from bn_repro.bench.record import write_record
 from bn_repro.config import ConfigError, DataFormat, Photometric, compose, to_object
@@ -223,7 +223,7 @@ def run_bench_loader(args: argparse.Namespace) -> None:
     }
     settings = {k: getattr(v, "value", v) for k, v in vars(bench).items()}
     settings["root"] = str(bench.root)
-    out = args.out or Path("results/bench") / f"loader-{args.device}-{args.photometric}.json"
+    out = args.out or RESULTS / f"loader-{args.device}-{args.photometric}.json"
     write_record(out, settings, {"images_per_s": results, "ratios": ratios})
     for name, rate in results.items():
         print(f"{name:>10}: {rate:8.1f} images/s")

@@ -1,6 +1,7 @@
 """`bn-repro train`: builds a run's objects and hands them to the loop (loop.py)."""
 
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -53,9 +54,7 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
     return summary
 
 
-def build_trainer(
-    cfg: RunConfig, dist: Dist, stop_signal: list | None = None
-) -> tuple[Trainer, Progress]:
+def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Trainer, Progress]:
     """Everything a run trains with, and where it stands: restored from the newest checkpoint in
     run_dir if there is one; it stops when a signal arrives in stop_signal. The training
     benchmark drives the same objects."""
@@ -78,7 +77,7 @@ def build_trainer(
         batch,
         cuda_device,
         loader_state,
-        val_batch=-(-cfg.trainer.eval_global_batch // dist.world_size),
+        val_batch=math.ceil(cfg.trainer.eval_global_batch / dist.world_size),
     )
     if progress.step == 0:
         torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout draws differ between ranks
@@ -103,7 +102,7 @@ def build_trainer(
         run_dir,
         checkpoint_extra={"config": resolved},
         identity=identity(cfg),
-        stop_signal=[] if stop_signal is None else stop_signal,
+        stop_signal=stop_signal,
     )
     return trainer, progress
 
