@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from bn_repro.config import ConfigError, experiments
+from bn_repro.data.augment import MEAN, STD
 from bn_repro.hparams import effective_hparams
 from bn_repro.train.distributed import Dist
 from bn_repro.train.main import fused_optimizer, pick_compute
@@ -76,6 +77,19 @@ def test_the_switches_apply_on_cpu_where_they_can():
     assert compute.memory_format == torch.channels_last and fused_optimizer(cfg, CPU)
     images, labels = compute.batch(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]))
     assert images.is_contiguous(memory_format=torch.channels_last) and labels.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_loaders_uint8_batch_is_normalized_on_the_device(channels_last):
+    cfg = run_config("bn_x5", f"trainer.channels_last={channels_last}")
+    compute = pick_compute(cfg, CPU)
+    pixels = torch.randint(0, 256, (2, 5, 6, 3), dtype=torch.uint8)  # a loader's (N, H, W, 3)
+    images, _ = compute.batch(pixels, torch.tensor([1, 2]))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (MEAN, STD))
+    torch.testing.assert_close(images, (pixels.permute(0, 3, 1, 2) / 255 - mean) / std)
+    assert images.dtype == torch.float32 and images.is_contiguous(
+        memory_format=compute.memory_format
+    )
 
 
 def test_overlapping_copies_without_a_gpu_is_refused():

@@ -59,16 +59,16 @@ def test_a_restored_pipeline_continues_mid_epoch_exactly(root, data_format):
     assert len(first) + len(rest) == 18 and len(restored) == len(rest)
     for (x, y), (x2, y2) in zip(rest, restored, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)
-    assert first[0][0].shape == (8, 3, 32, 32) and first[0][0].dtype == torch.float32
+    assert first[0][0].shape == (8, 32, 32, 3) and first[0][0].dtype == torch.uint8
 
 
 @pytest.mark.parametrize("decode", list(DaliDecode))
 def test_both_decode_modes_give_training_batches(root, decode):
     data = build_data(data_cfg(root, dali_decode=decode, prefetch=3), 0, 0, 1, 8, None)
     images, labels = next(data.train_epoch(0))
-    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+    assert images.shape == (8, 32, 32, 3) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and set(labels.tolist()) <= set(range(6))
-    assert -3 < images.mean() < 3 and images.std() > 0.1  # normalized pixels, not a blank
+    assert images.float().std() > 10  # pixels, not a blank
 
 
 def test_the_file_reader_reshuffles_every_epoch(root):
@@ -93,9 +93,10 @@ def test_validation_pixels_match_the_torchvision_loader(root):
         next(torch_data.val_batches()),
     )
     assert labels.tolist() == their_labels.tolist()
-    difference = (ours - theirs).abs()
-    # both libjpeg-turbo; resize rounding differs by a fraction of a grey level (std ~0.23)
-    assert difference.mean() < 0.02 and difference.max() < 0.5, (
+    difference = (ours.int() - theirs.int()).abs().float()
+    # Both decode with libjpeg-turbo and resize with augment.resize: the same pixels today, and
+    # within a grey level should either library's rounding change.
+    assert difference.max() <= 1 and difference.mean() < 0.01, (
         difference.mean(),
         difference.max(),
     )

@@ -45,7 +45,7 @@ def test_two_ranks_read_the_batches_of_one_process_pixel_for_pixel(root, data_fo
     for (x, y), (x0, y0), (x1, y1) in zip(one, *halves, strict=True):
         torch.testing.assert_close(x, torch.cat([x0, x1]))
         assert y.tolist() == y0.tolist() + y1.tolist()
-    assert one[0][0].shape == (8, 3, 32, 32) and one[0][0].dtype == torch.float32
+    assert one[0][0].shape == (8, 32, 32, 3) and one[0][0].dtype == torch.uint8
 
 
 def test_augmentation_is_the_same_with_any_number_of_workers_and_after_a_resume(root):

@@ -8,7 +8,9 @@ from torch.nn import functional as F
 from bn_repro.config import ConfigError, DataConfig
 from bn_repro.data.sharding import batches_per_epoch, train_batches, val_batches
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 3, H, W), labels (N,)
+# images: uint8 (N, H, W, 3) from the loaders, normalized on the device (augment.normalize), or
+# float (N, 3, H, W) ready for the model (synthetic); labels (N,)
+Batch = tuple[torch.Tensor, torch.Tensor]
 CPU = torch.device("cpu")
 
 

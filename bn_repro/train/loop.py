@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from bn_repro import paper
 from bn_repro.data import DataSource
+from bn_repro.data.augment import normalize
 from bn_repro.hparams import EffectiveHparams
 from bn_repro.models.inception import AUX_WEIGHT
 from bn_repro.train import checkpoint
@@ -114,8 +115,11 @@ class Compute:
         return batch
 
     def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:  # a loader's (N, H, W, 3)
+            images = normalize(images)
         return (
-            images.to(self.device, non_blocking=True, memory_format=self.memory_format),
+            images.contiguous(memory_format=self.memory_format),
             labels.to(self.device, non_blocking=True),
         )
 
