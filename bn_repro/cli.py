@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -188,8 +189,11 @@ def add_bench(commands) -> None:
     )
     loader.add_argument("--batch", type=int, default=64)
     loader.add_argument("--workers", type=int, default=os.cpu_count(), help="processes/threads")
-    loader.add_argument("--warmup", type=int, default=5, help="batches before timing")
-    loader.add_argument("--batches", type=int, default=30, help="batches timed")
+    loader.add_argument("--warmup", type=int, default=5, help="batches before timing a round")
+    loader.add_argument("--batches", type=int, default=30, help="batches timed a round")
+    loader.add_argument(
+        "--rounds", type=int, default=3, help="turns of the loaders; each gets its median"
+    )
     loader.add_argument(
         "--out", type=Path, help="default results/bench/loader-DEVICE-PHOTOMETRIC.json"
     )
@@ -213,9 +217,11 @@ def run_bench_loader(args: argparse.Namespace) -> None:
         args.workers,
         args.warmup,
         args.batches,
+        args.rounds,
     )
     read_manifest(args.root)  # a clear error before any loader starts
-    results = {name: round(rate, 1) for name, rate in run(bench).items()}
+    rounds = {name: [round(rate, 1) for rate in rates] for name, rates in run(bench).items()}
+    results = {name: statistics.median(rates) for name, rates in rounds.items()}
     ratios = {
         f"{a}/{b}": round(results[a] / results[b], 3)
         for a, b in (("dali", "classic"), ("dali", "dali-bare"), ("torch", "classic"))
@@ -224,9 +230,9 @@ def run_bench_loader(args: argparse.Namespace) -> None:
     settings = {k: getattr(v, "value", v) for k, v in vars(bench).items()}
     settings["root"] = str(bench.root)
     out = args.out or RESULTS / f"loader-{args.device}-{args.photometric}.json"
-    write_record(out, settings, {"images_per_s": results, "ratios": ratios})
+    write_record(out, settings, {"images_per_s": results, "ratios": ratios, "rounds": rounds})
     for name, rate in results.items():
-        print(f"{name:>10}: {rate:8.1f} images/s")
+        print(f"{name:>10}: {rate:8.1f} images/s (median of {rounds[name]})")
     for name, ratio in ratios.items():
         print(f"{name:>16}: {ratio:.2f}")
     print(f"written to {out}")

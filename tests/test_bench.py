@@ -38,6 +38,8 @@ def test_bench_loader_writes_a_record_of_every_loader(prepared_small, tmp_path):
             "1",
             "--batches",
             "2",
+            "--rounds",
+            "2",
             "--out",
             out,
         ],
@@ -48,6 +50,10 @@ def test_bench_loader_writes_a_record_of_every_loader(prepared_small, tmp_path):
     record = json.loads(out.read_text())
     rates = record["results"]["images_per_s"]
     assert set(rates) == {"classic", "torch", "dali", "dali-bare"} and min(rates.values()) > 0
+    rounds = record["results"]["rounds"]
+    assert all(
+        len(rounds[name]) == 2 and rate == sum(rounds[name]) / 2 for name, rate in rates.items()
+    )
     assert record["results"]["ratios"]["dali/classic"] == round(rates["dali"] / rates["classic"], 3)
     assert record["command"][:3] == ["bn-repro", "bench", "loader"]
     assert record["machine"]["cores"] >= 1 and record["versions"]["torch"]

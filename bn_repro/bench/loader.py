@@ -2,6 +2,7 @@
 the classic PyTorch ImageNet recipe (the yardstick), our torchvision fallback, our DALI loader,
 and the same DALI pipeline bare, with no training-loop glue."""
 
+import gc
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -40,13 +41,23 @@ class LoaderBench:
     photometric: Photometric  # none compares like with like: the classic recipe has none
     batch: int
     workers: int
-    warmup: int  # batches before the clock starts
-    batches: int  # batches timed
+    warmup: int  # batches before the clock starts, every round
+    batches: int  # batches timed, every round
+    rounds: int
 
 
-def run(bench: LoaderBench) -> dict[str, float]:
-    """images/s of each loader's training batches."""
-    return {name: _images_per_s(_batches(name, bench), bench) for name in bench.loaders}
+def run(bench: LoaderBench) -> dict[str, list[float]]:
+    """images/s of each loader's training batches, round by round. The loaders take turns, so a
+    drift in the machine's speed touches them alike; each round starts every loader afresh and
+    ends it before the next begins, whose timing its workers would otherwise share."""
+    rates = {name: [] for name in bench.loaders}
+    for _ in range(bench.rounds):
+        for name in bench.loaders:
+            batches = _batches(name, bench)
+            rates[name].append(_images_per_s(batches, bench))
+            del batches  # stops its worker processes or DALI threads
+            gc.collect()
+    return rates
 
 
 def _images_per_s(batches: Iterator, bench: LoaderBench) -> float:
