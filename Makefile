@@ -51,8 +51,8 @@ $(BENCH)/prepared/manifest.json: | setup
 	$(BIN)/bn-repro prepare --source $(BENCH)/archives --out $(BENCH)/prepared
 
 bench-loader: $(BENCH)/prepared/manifest.json
-	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --photometric none
-	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --photometric full
+	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --rounds 5 --photometric none
+	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --rounds 5 --photometric full
 
 # Training images/s per GPU on a GPU machine (results/bench/train-<gpu>-<experiment>-<data>.json):
 # every experiment on synthetic images (the model alone) and through the GPU DALI pipeline on the
