@@ -28,7 +28,8 @@ def versions() -> dict:
 
 
 def git_revision() -> dict | None:
-    """The commit of the code that ran, and whether the tree held uncommitted changes."""
+    """The commit of the code that ran, and whether the tree held uncommitted changes outside
+    results/ (where the project's commands write their records)."""
     source = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
@@ -37,7 +38,8 @@ def git_revision() -> dict | None:
         ).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        changes = git("status", "--porcelain", "--", ":(top)", ":(top,exclude)results")
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changes)}
     except (OSError, subprocess.CalledProcessError):
         return None
 
