@@ -99,13 +99,12 @@ class _CpuResize:
 
     def __init__(self, size: list[int], threads: int):
         self.size, self.threads = size, threads
-        self.pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+        self.pool = ThreadPoolExecutor(threads)
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         part = -(-len(images) // self.threads)
         parts = [images[start : start + part] for start in range(0, len(images), part)]
-        others = [self.pool.submit(self._resize, p) for p in parts[1:]] if self.pool else []
-        return self._resize(parts[0]) + [image for other in others for image in other.result()]
+        return [image for done in self.pool.map(self._resize, parts) for image in done]
 
     def _resize(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return [resize(torch.from_numpy(image), self.size).numpy() for image in images]
@@ -116,7 +115,7 @@ def _resize(images, size: list[int], cfg: DataConfig, gpu: bool):
     if not gpu:
         return fn.python_function(
             images,
-            function=_CpuResize(size, max(1, cfg.workers)),
+            function=_CpuResize(size, _threads(cfg)),
             batch_processing=True,
             output_layouts="HWC",
         )
@@ -188,10 +187,14 @@ def dali_train_pipeline(
     )
 
 
+def _threads(cfg: DataConfig) -> int:
+    return max(1, cfg.workers)
+
+
 def _pipeline_options(cfg: DataConfig, batch: int, device_id: int | None) -> dict:
     return dict(
         batch_size=batch,
-        num_threads=max(1, cfg.workers),
+        num_threads=_threads(cfg),
         device_id=device_id,
         prefetch_queue_depth=cfg.prefetch,
     )
