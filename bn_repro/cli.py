@@ -1,27 +1,19 @@
-"""The `bn-repro` command."""
+"""The `bn-repro` command. Each subcommand imports what it needs when it runs: torch, DALI,
+Hydra and matplotlib take seconds to import, and `--help` or a mistyped key should not wait."""
 
 import argparse
 import os
-import statistics
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from bn_repro.bench.commands import RESULTS, add_bench_cost, add_bench_train
-from bn_repro.bench.loader import LOADERS, LoaderBench, run
-from bn_repro.bench.record import write_record
-from bn_repro.config import ConfigError, DataFormat, Photometric, compose, to_object
-from bn_repro.data.make_mini import MiniSpec, make_mini
-from bn_repro.data.prepare import FORMATS, PrepareOptions, prepare
-from bn_repro.data.prepared import read_manifest
-from bn_repro.data.sources import PrepareError
-from bn_repro.describe import describe
-from bn_repro.report import ReportError, write_report
-from bn_repro.report.reference import write_paper_tables
+from bn_repro.bench.commands import add_bench
+from bn_repro.errors import UserError, explain_os_error
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # Hydra parses the rest itself: overrides, -m, --cfg, --help
+        return train(argv[1:])
     parser = argparse.ArgumentParser(
         prog="bn-repro",
         description="Reproduce the ImageNet experiments of Ioffe & Szegedy (2015).",
@@ -33,42 +25,51 @@ def main(argv: list[str] | None = None) -> int:
         help="train an experiment: bn-repro train experiment=NAME [overrides] (Hydra's --help,"
         " -m for sweeps)",
     )
-    describe_parser = commands.add_parser(
+    for add in (add_describe, add_prepare, add_make_mini, add_bench, add_report, add_paper):
+        add(commands)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as error:
+        print(f"bn-repro {args.command}: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"bn-repro {args.command}: {explain_os_error(error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_describe(commands) -> None:
+    parser = commands.add_parser(
         "describe",
         help="print an experiment's effective hyperparameters and layer table",
         description="Print the effective hyperparameters and the layer table of an experiment,"
         " ending with its parameter and multiply-add counts.",
     )
-    describe_parser.add_argument(
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
         help="Hydra overrides, e.g. experiment=bn_x5 model.stem=dense",
     )
-    describe_parser.add_argument(
+    parser.add_argument(
         "--cfg", action="store_true", help="print the composed config as YAML instead"
     )
-    describe_parser.set_defaults(run=run_describe)
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:  # Hydra parses the rest itself: overrides, -m, --cfg, --help
-        return train(argv[1:])
-    add_prepare(commands)
-    add_make_mini(commands)
-    add_bench(commands)
-    add_report(commands)
-    add_paper(commands)
-    args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (ConfigError, PrepareError, ReportError) as error:
-        print(f"bn-repro {args.command}: {error}", file=sys.stderr)
-        return 2
-    return 0
+    parser.set_defaults(run=run_describe)
 
 
 def run_describe(args: argparse.Namespace) -> None:
+    from omegaconf import OmegaConf
+
+    from bn_repro.compose import compose, to_object
+
     cfg = compose(args.overrides)
-    print(OmegaConf.to_yaml(cfg) if args.cfg else describe(to_object(cfg)))
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return
+    from bn_repro.describe import describe  # torch and the model: after the config is checked
+
+    print(describe(to_object(cfg)))
 
 
 def add_prepare(commands) -> None:
@@ -97,6 +98,9 @@ def add_prepare(commands) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
+    from bn_repro.data.prepare import FORMATS, PrepareOptions, prepare
+    from bn_repro.data.sources import PrepareError
+
     formats = tuple(f for f in args.formats.split(",") if f)
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
@@ -134,6 +138,9 @@ def add_make_mini(commands) -> None:
 
 
 def run_make_mini(args: argparse.Namespace) -> None:
+    from bn_repro.data.make_mini import MiniSpec, make_mini
+    from bn_repro.data.sources import PrepareError
+
     spec = MiniSpec(
         args.classes,
         args.train_per_class,
@@ -153,89 +160,20 @@ def run_make_mini(args: argparse.Namespace) -> None:
 
 
 def train(overrides: list[str]) -> int:
-    from bn_repro.train.main import hydra_main  # torch.distributed and friends, only to train
+    from bn_repro.compose import compose, register
 
     if not any(arg.startswith("-") for arg in overrides):  # one run, no Hydra flags (-m, --cfg)
-        try:  # the errors describe gives, before Hydra resolves anything
+        try:  # the errors describe gives, before Hydra resolves anything or torch is imported
             compose(overrides)
-        except ConfigError as error:
+        except UserError as error:
             print(f"bn-repro train: {error}", file=sys.stderr)
             return 2
+    register()
+    from bn_repro.train.main import hydra_main  # torch.distributed and friends, only to train
+
     sys.argv = ["bn-repro train", *overrides]
     hydra_main()
     return 0
-
-
-def add_bench(commands) -> None:
-    parser = commands.add_parser("bench", help="benchmarks, recorded as JSON under results/bench/")
-    benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    loader = benches.add_parser(
-        "loader",
-        help="training-pipeline images/s of the loaders, side by side",
-        description="Images/s of training batches at the trainer's output size after a warm-up:"
-        " the classic PyTorch ImageNet recipe, loader=torch, loader=dali, and the DALI pipeline"
-        " bare. Reads a prepared dataset (bn-repro prepare --formats folder,shards).",
-    )
-    loader.add_argument("--root", type=Path, required=True, help="a prepared dataset")
-    loader.add_argument("--loaders", default=",".join(LOADERS), help=f"from {', '.join(LOADERS)}")
-    loader.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="DALI's device")
-    loader.add_argument("--format", choices=("folder", "shards"), default="folder")
-    loader.add_argument("--size", type=int, default=224, help="output crop, pixels")
-    loader.add_argument(
-        "--photometric",
-        choices=[p.value for p in Photometric],
-        default="none",
-        help="our loaders' distortion (default none: the classic recipe does none)",
-    )
-    loader.add_argument("--batch", type=int, default=64)
-    loader.add_argument("--workers", type=int, default=os.cpu_count(), help="processes/threads")
-    loader.add_argument("--warmup", type=int, default=5, help="batches before timing a round")
-    loader.add_argument("--batches", type=int, default=30, help="batches timed a round")
-    loader.add_argument(
-        "--rounds", type=int, default=3, help="turns of the loaders; each gets its median"
-    )
-    loader.add_argument(
-        "--out", type=Path, help="default results/bench/loader-DEVICE-PHOTOMETRIC.json"
-    )
-    loader.set_defaults(run=run_bench_loader)
-    add_bench_train(benches)
-    add_bench_cost(benches)
-
-
-def run_bench_loader(args: argparse.Namespace) -> None:
-    names = tuple(name for name in args.loaders.split(",") if name)
-    if not names or set(names) - set(LOADERS):
-        raise ConfigError(f"--loaders {args.loaders}: choose from {', '.join(LOADERS)}")
-    bench = LoaderBench(
-        args.root,
-        names,
-        args.device,
-        DataFormat(args.format),
-        args.size,
-        Photometric(args.photometric),
-        args.batch,
-        args.workers,
-        args.warmup,
-        args.batches,
-        args.rounds,
-    )
-    read_manifest(args.root)  # a clear error before any loader starts
-    rounds = {name: [round(rate, 1) for rate in rates] for name, rates in run(bench).items()}
-    results = {name: statistics.median(rates) for name, rates in rounds.items()}
-    ratios = {
-        f"{a}/{b}": round(results[a] / results[b], 3)
-        for a, b in (("dali", "classic"), ("dali", "dali-bare"), ("torch", "classic"))
-        if a in results and b in results
-    }
-    settings = {k: getattr(v, "value", v) for k, v in vars(bench).items()}
-    settings["root"] = str(bench.root)
-    out = args.out or RESULTS / f"loader-{args.device}-{args.photometric}.json"
-    write_record(out, settings, {"images_per_s": results, "ratios": ratios, "rounds": rounds})
-    for name, rate in results.items():
-        print(f"{name:>10}: {rate:8.1f} images/s (median of {rounds[name]})")
-    for name, ratio in ratios.items():
-        print(f"{name:>16}: {ratio:.2f}")
-    print(f"written to {out}")
 
 
 def add_report(commands) -> None:
@@ -252,6 +190,8 @@ def add_report(commands) -> None:
 
 
 def run_report(args: argparse.Namespace) -> None:
+    from bn_repro.report import write_report
+
     rows = write_report(args.paths, args.out)
     print(f"{len(rows)} variants; {args.out}/figure3.md, figure2.png, lr_multipliers.png")
 
@@ -268,5 +208,7 @@ def add_paper(commands) -> None:
 
 
 def run_paper(args: argparse.Namespace) -> None:
+    from bn_repro.report.reference import write_paper_tables
+
     for path in write_paper_tables(args.out):
         print(path)

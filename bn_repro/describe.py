@@ -1,9 +1,9 @@
 """`bn-repro describe`: what an experiment will train, in numbers a reader can check."""
 
-from bn_repro.config import RunConfig
 from bn_repro.hparams import effective_hparams
 from bn_repro.models import build_model
 from bn_repro.models.summary import layer_table
+from bn_repro.schema import RunConfig
 
 
 def describe(cfg: RunConfig) -> str:

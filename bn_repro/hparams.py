@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass
 
 from bn_repro import paper
-from bn_repro.config import LrScaling, RunConfig
+from bn_repro.schema import LrScaling, RunConfig
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bn_repro.config import ConfigError, compose, sweep_jobs
+from bn_repro.compose import compose, sweep_jobs
+from bn_repro.schema import ConfigError
 
 TEMPLATE = Path(__file__).resolve().parent / "train.sbatch"
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from bn_repro.config import RunConfig, compose, to_object
+from bn_repro.compose import compose, to_object
 from bn_repro.models import build_model
+from bn_repro.schema import RunConfig
 from bn_repro.train.checkpoint import checkpoints
 
 BIN = Path(sys.executable).parent  # the environment's bn-repro and torchrun

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from bn_repro.config import ConfigError, experiments
+from bn_repro.compose import experiments
 from bn_repro.data.augment import MEAN, STD
 from bn_repro.hparams import effective_hparams
+from bn_repro.schema import ConfigError
 from bn_repro.train.distributed import Dist
 from bn_repro.train.main import fused_optimizer, pick_compute
 from bn_repro.train.optim import build_optimizer

@@ -6,16 +6,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from bn_repro import paper
-from bn_repro.config import (
-    ConfigError,
-    LrScaling,
-    RunConfig,
-    compose,
-    experiments,
-    sweep_jobs,
-    to_object,
-)
+from bn_repro.compose import compose, experiments, sweep_jobs, to_object
 from bn_repro.hparams import effective_hparams, lr_scale
+from bn_repro.schema import ConfigError, LrScaling, RunConfig
 from tests.helpers import run_config
 
 SEC_4_2_1_KEYS = {

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bn_repro.config import DaliDecode, DataFormat, DataLoaderKind
 from bn_repro.data import build_data
+from bn_repro.schema import DaliDecode, DataFormat, DataLoaderKind
 from bn_repro.train.records import read_metrics
 from tests.helpers import assert_same_records, kill_after_first_checkpoint, run_config
 

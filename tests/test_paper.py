@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bn_repro import paper
-from bn_repro.config import experiments
+from bn_repro.compose import experiments
 from bn_repro.report.reference import write_paper_tables
 
 REPO = Path(__file__).resolve().parents[1]

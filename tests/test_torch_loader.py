@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bn_repro.config import ConfigError, DataFormat
 from bn_repro.data import build_data
+from bn_repro.schema import ConfigError, DataFormat
 from tests.helpers import run_config
 
 

@@ -1,20 +1,95 @@
-"""`bn-repro bench train` and `bn-repro bench cost`: their arguments, and the records they write
-and read under results/bench/."""
+"""`bn-repro bench loader`, `bench train` and `bench cost`: their arguments, and the records they
+write and read under results/bench/. What a benchmark runs is imported when it runs, so that
+`bn-repro --help` does not wait for torch and DALI."""
 
 import argparse
 import os
 import re
+import statistics
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from bn_repro import paper
-from bn_repro.bench.cost import cost_report, read_rates
-from bn_repro.bench.record import write_record
-from bn_repro.config import COMPILE_MODES, ConfigError, Precision, RunConfig, compose, to_object
+from bn_repro.schema import COMPILE_MODES, ConfigError, DataFormat, Photometric, Precision
 
 RESULTS = Path("results/bench")
 DATA = ("synthetic", "dali", "torch")
+LOADERS = ("classic", "torch", "dali", "dali-bare")  # as bench/loader.py makes them
+
+
+def add_bench(commands) -> None:
+    parser = commands.add_parser("bench", help="benchmarks, recorded as JSON under results/bench/")
+    benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    loader = benches.add_parser(
+        "loader",
+        help="training-pipeline images/s of the loaders, side by side",
+        description="Images/s of training batches at the trainer's output size after a warm-up:"
+        " the classic PyTorch ImageNet recipe, loader=torch, loader=dali, and the DALI pipeline"
+        " bare. Reads a prepared dataset (bn-repro prepare --formats folder,shards).",
+    )
+    loader.add_argument("--root", type=Path, required=True, help="a prepared dataset")
+    loader.add_argument("--loaders", default=",".join(LOADERS), help=f"from {', '.join(LOADERS)}")
+    loader.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="DALI's device")
+    loader.add_argument("--format", choices=("folder", "shards"), default="folder")
+    loader.add_argument("--size", type=int, default=224, help="output crop, pixels")
+    loader.add_argument(
+        "--photometric",
+        choices=[p.value for p in Photometric],
+        default="none",
+        help="our loaders' distortion (default none: the classic recipe does none)",
+    )
+    loader.add_argument("--batch", type=int, default=64)
+    loader.add_argument("--workers", type=int, default=os.cpu_count(), help="processes/threads")
+    loader.add_argument("--warmup", type=int, default=5, help="batches before timing a round")
+    loader.add_argument("--batches", type=int, default=30, help="batches timed a round")
+    loader.add_argument(
+        "--rounds", type=int, default=3, help="turns of the loaders; each gets its median"
+    )
+    loader.add_argument(
+        "--out", type=Path, help="default results/bench/loader-DEVICE-PHOTOMETRIC.json"
+    )
+    loader.set_defaults(run=run_bench_loader)
+    add_bench_train(benches)
+    add_bench_cost(benches)
+
+
+def run_bench_loader(args: argparse.Namespace) -> None:
+    from bn_repro.bench.loader import LoaderBench, run
+    from bn_repro.bench.record import write_record
+    from bn_repro.data.prepared import read_manifest
+
+    names = tuple(name for name in args.loaders.split(",") if name)
+    if not names or set(names) - set(LOADERS):
+        raise ConfigError(f"--loaders {args.loaders}: choose from {', '.join(LOADERS)}")
+    bench = LoaderBench(
+        args.root,
+        names,
+        args.device,
+        DataFormat(args.format),
+        args.size,
+        Photometric(args.photometric),
+        args.batch,
+        args.workers,
+        args.warmup,
+        args.batches,
+        args.rounds,
+    )
+    read_manifest(args.root)  # a clear error before any loader starts
+    rounds = {name: [round(rate, 1) for rate in rates] for name, rates in run(bench).items()}
+    results = {name: statistics.median(rates) for name, rates in rounds.items()}
+    ratios = {
+        f"{a}/{b}": round(results[a] / results[b], 3)
+        for a, b in (("dali", "classic"), ("dali", "dali-bare"), ("torch", "classic"))
+        if a in results and b in results
+    }
+    settings = {k: getattr(v, "value", v) for k, v in vars(bench).items()}
+    settings["root"] = str(bench.root)
+    out = args.out or RESULTS / f"loader-{args.device}-{args.photometric}.json"
+    write_record(out, settings, {"images_per_s": results, "ratios": ratios, "rounds": rounds})
+    for name, rate in results.items():
+        print(f"{name:>10}: {rate:8.1f} images/s (median of {rounds[name]})")
+    for name, ratio in ratios.items():
+        print(f"{name:>16}: {ratio:.2f}")
+    print(f"written to {out}")
 
 
 def add_bench_train(benches) -> None:
@@ -73,6 +148,8 @@ def add_bench_train(benches) -> None:
 
 def run_bench_train(args: argparse.Namespace) -> None:
     from bn_repro.bench import train as bench  # the trainer and torch.distributed only here
+    from bn_repro.bench.record import write_record
+    from bn_repro.compose import compose, to_object
     from bn_repro.train.distributed import launch_env, pick_device
 
     if (args.data == "synthetic") == (args.root is not None):
@@ -140,7 +217,9 @@ def _slug(device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
-def _sections(cfg: RunConfig) -> dict:
+def _sections(cfg) -> dict:
+    from omegaconf import OmegaConf
+
     return {
         name: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, name)), enum_to_str=True)
         for name in ("trainer", "data")
@@ -163,6 +242,9 @@ def add_bench_cost(benches) -> None:
 
 
 def run_bench_cost(args: argparse.Namespace) -> None:
+    from bn_repro.bench.cost import cost_report, read_rates
+    from bn_repro.compose import compose
+
     paths = args.records or sorted(RESULTS.glob("train-*.json"))
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:

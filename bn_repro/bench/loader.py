@@ -14,7 +14,10 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from bn_repro.config import (
+from bn_repro.data import build_data
+from bn_repro.data.augment import MEAN, STD
+from bn_repro.data.prepared import read_manifest
+from bn_repro.schema import (
     DaliDecode,
     DaliDevice,
     DataConfig,
@@ -24,11 +27,6 @@ from bn_repro.config import (
     Photometric,
     Shuffle,
 )
-from bn_repro.data import build_data
-from bn_repro.data.augment import MEAN, STD
-from bn_repro.data.prepared import read_manifest
-
-LOADERS = ("classic", "torch", "dali", "dali-bare")
 
 
 @dataclass(frozen=True)

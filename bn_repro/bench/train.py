@@ -16,10 +16,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bn_repro.bench.device import dense_bf16_peak
-from bn_repro.config import RunConfig
 from bn_repro.data.prepared import read_manifest
 from bn_repro.models import build_model
 from bn_repro.models.summary import training_multiply_adds
+from bn_repro.schema import RunConfig
 from bn_repro.train.distributed import distributed
 from bn_repro.train.loop import Progress, Trainer, Window
 from bn_repro.train.main import build_trainer

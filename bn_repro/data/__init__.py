@@ -3,9 +3,9 @@ from typing import Protocol
 
 import torch
 
-from bn_repro.config import ConfigError, DaliDevice, DataConfig, DataKind, DataLoaderKind
 from bn_repro.data.synthetic import Batch, SyntheticData
 from bn_repro.data.torch_loader import TorchData
+from bn_repro.schema import ConfigError, DaliDevice, DataConfig, DataKind, DataLoaderKind
 
 
 class DataSource(Protocol):

@@ -16,7 +16,6 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from bn_repro.config import ConfigError, DaliDecode, DataConfig, DataFormat, Photometric
 from bn_repro.data.augment import (
     CROP_AREA,
     CROP_ASPECT,
@@ -27,6 +26,7 @@ from bn_repro.data.augment import (
 )
 from bn_repro.data.prepared import check_classes, folder_items, read_manifest, shard_paths
 from bn_repro.data.synthetic import Batch
+from bn_repro.schema import ConfigError, DaliDecode, DataConfig, DataFormat, Photometric
 
 READER = "Reader"
 SHUFFLE_BUFFER = 4096  # samples the shard reader mixes, on top of the shards' global shuffle

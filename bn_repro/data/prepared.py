@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bn_repro.config import ConfigError
+from bn_repro.schema import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bn_repro.data import ilsvrc
+from bn_repro.errors import UserError
 
 WNID = re.compile(r"n\d{8}")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """Bad input to preparation; the message names the file or member and what to do."""
 
 

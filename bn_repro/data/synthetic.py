@@ -5,8 +5,8 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
-from bn_repro.config import ConfigError, DataConfig
 from bn_repro.data.sharding import batches_per_epoch, train_batches, val_batches
+from bn_repro.schema import ConfigError, DataConfig
 
 # images: uint8 (N, H, W, 3) from the loaders, normalized on the device (augment.normalize), or
 # float (N, 3, H, W) ready for the model (synthetic); labels (N,)

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from bn_repro.config import ConfigError, DataConfig, DataFormat
 from bn_repro.data.augment import train_transform, val_transform
 from bn_repro.data.prepared import Item, check_classes, folder_items, read_manifest, shard_items
 from bn_repro.data.sharding import batches_per_epoch, train_batches, val_batches
 from bn_repro.data.synthetic import Batch
+from bn_repro.schema import ConfigError, DataConfig, DataFormat
 
 
 class TorchData:

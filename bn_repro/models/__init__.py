@@ -1,7 +1,7 @@
 from torch import nn
 
-from bn_repro.config import ModelConfig
 from bn_repro.models.inception import Inception
+from bn_repro.schema import ModelConfig
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from bn_repro import paper
-from bn_repro.config import ModelConfig, Stem
 from bn_repro.models.layers import NormAct
+from bn_repro.schema import ModelConfig, Stem
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from bn_repro.config import Activation, Norm
+from bn_repro.schema import Activation, Norm
 
 
 @dataclass(frozen=True)

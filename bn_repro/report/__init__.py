@@ -5,6 +5,7 @@ import csv
 import json
 from pathlib import Path
 
+from bn_repro.errors import UserError
 from bn_repro.report.figures import figure2, lr_plot
 from bn_repro.report.runs import Run, find_runs
 from bn_repro.report.tables import (
@@ -33,7 +34,7 @@ COLUMNS = (
 )
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     pass
 
 

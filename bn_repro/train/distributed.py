@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bn_repro.config import ConfigError, Device
+from bn_repro.schema import ConfigError, Device
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from bn_repro.config import CONFIG_DIR, ConfigError, Precision, RunConfig, to_object, validate
+from bn_repro.compose import CONFIG_DIR, register, to_object, validate
 from bn_repro.data import build_data
 from bn_repro.hparams import effective_hparams
 from bn_repro.models import build_model
+from bn_repro.schema import ConfigError, Precision, RunConfig
 from bn_repro.train import checkpoint
 from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.environment import record_start
@@ -215,6 +216,7 @@ def resume(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
+    register()  # a submitit job unpickles this function in a fresh process
     stops: list[int] = []
     try:
         validate(cfg)

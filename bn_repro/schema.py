@@ -1,0 +1,241 @@
+"""The typed schema of a run's configuration: plain dataclasses and enums, each constraint beside
+its field. No Hydra here: models, data and the training loop take these dataclasses, built by
+`bn_repro.compose` from the YAML tree under configs/ or by hand in Python.
+
+Values live in the YAML files (with their sources); the schema says only what may be there."""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import MISSING
+
+from bn_repro.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration the user must fix; the message says what and how."""
+
+
+class Norm(Enum):
+    none = "none"
+    batchnorm = "batchnorm"
+
+
+class Activation(Enum):
+    relu = "relu"
+    sigmoid = "sigmoid"
+
+
+class Stem(Enum):
+    separable = "separable"  # Fig. 5 "convolution*": depthwise 7x7/2, depth multiplier 8, 1x1
+    dense = "dense"  # a plain 7x7/2 convolution, as GoogLeNet and most ports
+
+
+class Photometric(Enum):
+    full = "full"
+    reduced = "reduced"
+    none = "none"
+
+
+class Shuffle(Enum):
+    standard = "standard"
+    thorough = "thorough"
+
+
+class LrScaling(Enum):
+    none = "none"
+    linear = "linear"
+    sqrt = "sqrt"
+
+
+class DataKind(Enum):
+    synthetic = "synthetic"  # made in memory
+    prepared = "prepared"  # what `bn-repro prepare` wrote to data.root
+
+
+class DataLoaderKind(Enum):
+    dali = "dali"
+    torch = "torch"  # torchvision's decoding and transforms: the fallback
+
+
+class DataFormat(Enum):
+    folder = "folder"  # train/<wnid>/ and val/<wnid>/
+    shards = "shards"  # webdataset tars with DALI index files
+
+
+class DaliDevice(Enum):
+    auto = "auto"  # gpu when training on CUDA
+    cpu = "cpu"  # the whole pipeline on CPU (device_id=None)
+    gpu = "gpu"  # mixed (nvJPEG) decoding, GPU augmentation
+
+
+class DaliDecode(Enum):
+    roi = "roi"  # decode only the random crop's region (fused decode-and-crop)
+    full = "full"  # decode whole images, then crop: the JPEG hardware engine takes whole images
+
+
+class Device(Enum):
+    auto = "auto"  # CUDA when there is one
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(Enum):
+    auto = "auto"  # bf16 autocast on CUDA, fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+# torch.compile's modes (torch._inductor.list_mode_options()), named here so that checking a
+# config does not import the compiler.
+COMPILE_MODES = (
+    "default",
+    "lite",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
+
+# What a constrained number must satisfy, and how the error says it.
+RULES = {
+    "positive": (lambda v: v > 0, "must be positive"),
+    "non_negative": (lambda v: v >= 0, "must be zero or more"),
+    "fraction": (lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
+}
+
+
+def positive() -> Any:
+    return field(default=MISSING, metadata={"rule": "positive"})
+
+
+def non_negative() -> Any:
+    return field(default=MISSING, metadata={"rule": "non_negative"})
+
+
+def fraction() -> Any:
+    return field(default=MISSING, metadata={"rule": "fraction"})
+
+
+def one_of(choices: tuple[str, ...], what: str, null: str) -> Any:
+    """A string from choices (`what` they are), or None (which means `null`)."""
+    return field(default=MISSING, metadata={"choices": choices, "what": what, "null": null})
+
+
+def not_empty() -> Any:
+    return field(default=MISSING, metadata={"not_empty": True})
+
+
+@dataclass
+class ModelConfig:
+    norm: Norm = MISSING
+    activation: Activation = MISSING
+    lrn: bool = MISSING
+    dropout: bool = MISSING
+    stem: Stem = MISSING
+    pool_proj_4cd: int = positive()
+    aux_heads: bool = MISSING
+    bn_eps: float = positive()
+    bn_momentum: float = fraction()
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = positive()
+    lr_multiplier: float = positive()
+    lr_scaling: LrScaling = MISSING
+    momentum: float = fraction()
+    weight_decay: float = non_negative()
+    l2_divisor: float = positive()
+    lr_decay_factor: float = fraction()
+    lr_decay_every_paper_steps: float = positive()
+    lr_decay_staircase: bool = MISSING
+    decay_speedup: float = positive()
+    warmup_paper_steps: float = non_negative()
+
+
+@dataclass
+class SyntheticConfig:
+    train_size: int = positive()
+    val_size: int = positive()  # evaluation divides by it
+    noise: float = non_negative()
+
+
+@dataclass
+class DataConfig:
+    kind: DataKind = MISSING
+    root: str | None = MISSING
+    loader: DataLoaderKind = MISSING
+    format: DataFormat = MISSING
+    dali_device: DaliDevice = MISSING
+    dali_decode: DaliDecode = MISSING
+    dali_hw_decoder_load: float = fraction()  # share of JPEGs for the GPU's hardware decoder
+    workers: int = non_negative()  # loader processes (torch) or threads (DALI) per rank
+    prefetch: int = positive()  # batches prepared ahead: per DALI pipeline, per torch worker
+    num_classes: int = positive()
+    image_size: int = positive()
+    photometric: Photometric = MISSING
+    shuffle: Shuffle = MISSING
+    target_top1: float | None = MISSING
+    synthetic: SyntheticConfig | None = None
+
+
+@dataclass
+class TrainerConfig:
+    global_batch: int = positive()
+    eval_global_batch: int = positive()
+    max_paper_steps: float = positive()
+    eval_every_paper_steps: float = positive()
+    log_every_paper_steps: float = positive()
+    checkpoint_every_paper_steps: float = positive()
+    checkpoint_every_minutes: float = positive()
+    keep_checkpoints: int = positive()
+    control_every_steps: int = positive()
+    device: Device = MISSING
+    precision: Precision = MISSING
+    channels_last: bool | None = MISSING
+    compile: str | None = one_of(COMPILE_MODES, "a torch.compile mode", "no compile")
+    fused_optimizer: bool | None = MISSING
+    overlap_copy: bool | None = MISSING
+    deterministic: bool = MISSING
+
+
+@dataclass
+class RunConfig:
+    name: str = MISSING
+    seed: int = MISSING
+    run_dir: str = not_empty()  # an empty one would train into the current directory
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def check(cfg: RunConfig) -> None:
+    """What the types cannot express: each field's rule, and the rules across fields."""
+    _check_fields(cfg, "")
+    if cfg.data.kind == DataKind.synthetic and cfg.data.synthetic is None:
+        raise ConfigError("data.kind=synthetic needs a data.synthetic section: use data=synthetic")
+
+
+def _check_fields(node, prefix: str) -> None:
+    for spec in dataclasses.fields(node):
+        key, value = f"{prefix}{spec.name}", getattr(node, spec.name)
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, f"{key}.")
+        elif "rule" in spec.metadata:
+            holds, says = RULES[spec.metadata["rule"]]
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+            if not holds(value):
+                raise ConfigError(f"{key} {says}, got {value}")
+        elif "choices" in spec.metadata and value not in (None, *spec.metadata["choices"]):
+            meta = spec.metadata
+            raise ConfigError(
+                f"{key}={value} is not {meta['what']}: use null ({meta['null']}) or one of"
+                f" {', '.join(meta['choices'])}"
+            )
+        elif spec.metadata.get("not_empty") and not str(value).strip():
+            raise ConfigError(f"{key} is empty: give it a value")
