@@ -53,6 +53,20 @@ def add_describe(commands) -> None:
         help="Hydra overrides, e.g. experiment=bn_x5 model.stem=dense",
     )
     parser.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        metavar="RANKS",
+        help="the number of ranks (GPUs) the run will have: the global batch and the scaled"
+        " learning rate follow from it (default 1)",
+    )
+    parser.add_argument(
+        "--images-per-s",
+        type=float,
+        metavar="RATE",
+        help="training images/s per GPU (bench train measures it): prints the run's GPU-hours",
+    )
+    parser.add_argument(
         "--cfg", action="store_true", help="print the composed config as YAML instead"
     )
     parser.set_defaults(run=run_describe)
@@ -63,13 +77,15 @@ def run_describe(args: argparse.Namespace) -> None:
 
     from bn_repro.compose import compose, to_object
 
+    if args.world_size < 1 or (args.images_per_s is not None and args.images_per_s <= 0):
+        raise UserError("--world-size must be at least 1 and --images-per-s positive")
     cfg = compose(args.overrides)
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return
     from bn_repro.describe import describe  # torch and the model: after the config is checked
 
-    print(describe(to_object(cfg)))
+    print(describe(to_object(cfg), args.world_size, args.images_per_s))
 
 
 def add_prepare(commands) -> None:

@@ -1,17 +1,22 @@
 """`bn-repro describe`: what an experiment will train, in numbers a reader can check."""
 
+from bn_repro import paper
 from bn_repro.hparams import effective_hparams
 from bn_repro.models import build_model
 from bn_repro.models.summary import layer_table
 from bn_repro.schema import RunConfig
 
 
-def describe(cfg: RunConfig) -> str:
-    hp = effective_hparams(cfg)
+def describe(cfg: RunConfig, world_size: int = 1, images_per_s: float | None = None) -> str:
+    """What a run of cfg on world_size ranks trains, and what it costs at images_per_s per GPU."""
+    hp = effective_hparams(cfg, world_size)
     optim, model_cfg = cfg.optim, cfg.model
     lines = [
         f"experiment: {cfg.name}",
-        f"effective hyperparameters (global batch {hp.global_batch} images per step):",
+        f"effective hyperparameters on {world_size} rank{'s' if world_size > 1 else ''}:",
+        f"  batch per rank  {hp.batch_per_rank} (BN normalizes over it; the paper's:"
+        f" {paper.BATCH_SIZE})",
+        f"  global batch    {hp.global_batch} = {hp.batch_per_rank} x {world_size} images per step",
         f"  learning rate   {hp.lr:.6g} = {optim.base_lr:g} x {optim.lr_multiplier:g} (multiplier)"
         f" x {hp.lr_scale:g} ({optim.lr_scaling.value} scaling from the paper's batch)",
         f"  momentum        {hp.momentum:g}",
@@ -24,6 +29,7 @@ def describe(cfg: RunConfig) -> str:
         f"  nonlinearity    {hp.activation}",
         f"  photometric     {hp.photometric}",
         f"  shuffle         {hp.shuffle}",
+        *_length(cfg.trainer.max_paper_steps, world_size, images_per_s),
         f"model: Inception (Fig. 5), {model_cfg.stem.value} first convolution, 4c/4d pool"
         f" projections {model_cfg.pool_proj_4cd}, auxiliary heads"
         f" {'on' if model_cfg.aux_heads else 'off'}",
@@ -42,3 +48,20 @@ def describe(cfg: RunConfig) -> str:
     lines.append(f"parameters: {sum(p.numel() for p in model.parameters())}")
     lines.append(f"multiply-adds: {inference_macs}")
     return "\n".join(lines)
+
+
+def _length(paper_steps: float, world_size: int, images_per_s: float | None) -> list[str]:
+    """The run's length in paper steps and images, and its cost at images_per_s per GPU."""
+    images = paper_steps * paper.BATCH_SIZE
+    lines = [f"  run length      {paper_steps:,.0f} paper steps = {images / 1e6:,.1f} M images"]
+    if images_per_s is None:
+        lines.append(
+            "  GPU-hours       give --images-per-s (per GPU; `bn-repro bench train` measures it)"
+        )
+    else:
+        hours = images / images_per_s / 3600
+        lines.append(
+            f"  GPU-hours       {hours:,.1f} at {images_per_s:,.0f} images/s per GPU"
+            f" ({hours / world_size:,.1f} h on {world_size} GPU{'s' if world_size > 1 else ''})"
+        )
+    return lines

@@ -1,5 +1,6 @@
 """The numbers a run actually uses, from the paper's values and the config's multipliers."""
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -11,7 +12,8 @@ from bn_repro.schema import LrScaling, RunConfig
 class EffectiveHparams:
     lr: float  # initial learning rate per optimizer step of global_batch images
     lr_scale: float  # how much lr differs from the paper's, for global_batch vs paper.BATCH_SIZE
-    global_batch: int  # images per optimizer step over all ranks
+    batch_per_rank: int  # images each rank normalizes over (BN) and steps with
+    global_batch: int  # images per optimizer step over all ranks: batch_per_rank x world size
     momentum: float
     weight_decay: float  # L2 weight, on convolution and linear weights only
     lr_decay_factor: float
@@ -31,13 +33,16 @@ def lr_scale(rule: LrScaling, global_batch: int) -> float:
     return {LrScaling.none: 1.0, LrScaling.linear: ratio, LrScaling.sqrt: math.sqrt(ratio)}[rule]
 
 
-def effective_hparams(cfg: RunConfig) -> EffectiveHparams:
+def effective_hparams(cfg: RunConfig, world_size: int = 1) -> EffectiveHparams:
+    """The numbers a run of world_size ranks uses."""
     optim = cfg.optim
-    scale = lr_scale(optim.lr_scaling, cfg.trainer.global_batch)
+    global_batch = cfg.trainer.batch_per_rank * world_size
+    scale = lr_scale(optim.lr_scaling, global_batch)
     return EffectiveHparams(
         lr=optim.base_lr * optim.lr_multiplier * scale,
         lr_scale=scale,
-        global_batch=cfg.trainer.global_batch,
+        batch_per_rank=cfg.trainer.batch_per_rank,
+        global_batch=global_batch,
         momentum=optim.momentum,
         weight_decay=optim.weight_decay / optim.l2_divisor,
         lr_decay_factor=optim.lr_decay_factor,
@@ -51,3 +56,30 @@ def effective_hparams(cfg: RunConfig) -> EffectiveHparams:
         photometric=cfg.data.photometric.value,
         shuffle=cfg.data.shuffle.value,
     )
+
+
+def sec_4_2_1_changes(cfg: RunConfig) -> list[str]:
+    """Which of Sec. 4.2.1's changes (all but the learning rate) the config makes."""
+    bundle = paper.SEC_4_2_1
+    made = {
+        "dropout": cfg.model.dropout == bundle.dropout,
+        "lrn": cfg.model.lrn == bundle.lrn,
+        "l2_divisor": cfg.optim.l2_divisor == bundle.l2_divisor,
+        "decay_speedup": cfg.optim.decay_speedup == bundle.decay_speedup,
+        "shuffle": cfg.data.shuffle.value == bundle.shuffle,
+        "photometric": cfg.data.photometric.value == bundle.photometric,
+    }
+    return [name for name, done in made.items() if done]
+
+
+def recipe(cfg: RunConfig) -> dict:
+    """What a run trains, in the paper's terms: runs that differ only in lr_multiplier share
+    everything else here, so a learning-rate comparison compares like with like."""
+    changes = sec_4_2_1_changes(cfg)
+    everything = len(changes) == len(dataclasses.fields(paper.SEC_4_2_1))
+    return {
+        "norm": cfg.model.norm.value,
+        "activation": cfg.model.activation.value,
+        "sec_4_2_1": "all" if everything else "+".join(changes) or "none",
+        "lr_multiplier": cfg.optim.lr_multiplier,
+    }

@@ -184,8 +184,8 @@ class DataConfig:
 
 @dataclass
 class TrainerConfig:
-    global_batch: int = positive()
-    eval_global_batch: int = positive()
+    batch_per_rank: int = positive()  # BN's batch; the global one is this x the ranks
+    eval_batch_per_rank: int = positive()
     max_paper_steps: float = positive()
     eval_every_paper_steps: float = positive()
     log_every_paper_steps: float = positive()
@@ -193,6 +193,7 @@ class TrainerConfig:
     checkpoint_every_minutes: float = positive()
     keep_checkpoints: int = positive()
     control_every_steps: int = positive()
+    population_batches: int = positive()  # per rank: Algorithm 2's statistics at the end
     device: Device = MISSING
     precision: Precision = MISSING
     channels_last: bool | None = MISSING

@@ -18,12 +18,13 @@ TINY = [
     "data=synthetic",
     "data.synthetic.train_size=256",
     "data.synthetic.val_size=101",  # odd, so two ranks split it unevenly
-    "trainer.global_batch=8",
+    "trainer.batch_per_rank=8",
     "trainer.max_paper_steps=40",
     "trainer.eval_every_paper_steps=10",
     "trainer.log_every_paper_steps=5",
     "trainer.checkpoint_every_paper_steps=10",
     "trainer.control_every_steps=1",
+    "trainer.population_batches=4",
     "trainer.deterministic=true",
 ]
 

@@ -87,7 +87,7 @@ def test_bench_train_times_the_trainers_step_and_counts_its_flops(tmp_path, caps
     settings, results = record["settings"], record["results"]
     assert record["command"][:3] == ["bn-repro", "bench", "train"]
     assert settings["experiment"] == "bn_x5" and settings["data"] == "synthetic"
-    assert settings["config"]["trainer"]["global_batch"] == 4 and settings["image_size"] == 64
+    assert settings["config"]["trainer"]["batch_per_rank"] == 4 and settings["image_size"] == 64
     assert results["device"] == "cpu" and results["world_size"] == 1
     rate = results["images_per_s_per_gpu"]
     assert rate > 0 and 4000 / results["step_ms"] == pytest.approx(rate, abs=0.05)

@@ -26,10 +26,23 @@ def test_describe_prints_hyperparameters_and_ends_with_the_counts():
     assert name == "multiply-adds" and int(macs) == pytest.approx(1.95e9, rel=0.005)
 
 
-def test_describe_shows_the_scaled_learning_rate(capsys):
-    assert main(["describe", "experiment=bn_x30", "trainer.global_batch=1024"]) == 0
-    rate = next(line for line in capsys.readouterr().out.splitlines() if "learning rate" in line)
-    assert rate.split()[2] == "1.44"  # 0.045 x 1024/32
+def test_describe_shows_both_batches_and_the_scaled_learning_rate_for_the_ranks(capsys):
+    assert main(["describe", "experiment=bn_x30", "--world-size", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rate = next(line for line in lines if "learning rate" in line)
+    assert rate.split()[2] == "1.44"  # 0.045 x (32 x 32)/32
+    assert any(line.split()[:4] == ["batch", "per", "rank", "32"] for line in lines)
+    assert any(line.split()[:3] == ["global", "batch", "1024"] for line in lines)
+
+
+def test_describe_prints_the_run_length_and_its_gpu_hours(capsys):
+    assert main(["describe", "experiment=bn_x30", "--images-per-s", "2000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(
+        line.split()[:5] == ["run", "length", "8,000,000", "paper", "steps"] for line in lines
+    )
+    hours = next(line for line in lines if line.split()[0] == "GPU-hours")
+    assert hours.split()[1] == "35.6"  # 8M x 32 images / 2,000 per s / 3,600
 
 
 def test_describe_cfg_prints_the_resolved_config(capsys):

@@ -21,7 +21,8 @@ SEC_4_2_1_KEYS = {
 }
 PAPER_DIFFS = [
     ("inception", "bn_baseline", {"model.norm"}),
-    ("bn_baseline", "bn_x5", SEC_4_2_1_KEYS | {"optim.lr_multiplier"}),
+    # with Sec. 4.2.1's faster decay the run is shorter (configs/experiment/bn_x5.yaml says why)
+    ("bn_baseline", "bn_x5", SEC_4_2_1_KEYS | {"optim.lr_multiplier", "trainer.max_paper_steps"}),
     ("bn_x5", "bn_x30", {"optim.lr_multiplier"}),
     ("bn_x5", "bn_x5_sigmoid", {"model.activation"}),
     ("inception", "inception_sigmoid", {"model.activation"}),
@@ -81,9 +82,8 @@ def test_section_4_2_1_factors_reach_the_effective_hyperparameters():
 
 @pytest.mark.parametrize("rule, factor", [("none", 1.0), ("linear", 8.0), ("sqrt", math.sqrt(8))])
 def test_learning_rate_scales_from_the_papers_batch_to_the_global_batch(rule, factor):
-    hp = effective_hparams(
-        run_config("bn_x30", "trainer.global_batch=256", f"optim.lr_scaling={rule}")
-    )
+    hp = effective_hparams(run_config("bn_x30", f"optim.lr_scaling={rule}"), world_size=8)
+    assert (hp.batch_per_rank, hp.global_batch) == (32, 256)
     assert hp.lr == pytest.approx(paper.LEARNING_RATES["bn_x30"] * factor)
     assert lr_scale(LrScaling(rule), paper.BATCH_SIZE) == 1.0
 

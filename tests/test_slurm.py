@@ -67,7 +67,7 @@ def env(cluster) -> dict:
 
 @pytest.fixture(scope="module")
 def sweep(env, tmp_path_factory) -> Path:
-    """Two variants and a bad global batch (7 images do not split over 2 ranks): four jobs."""
+    """Two variants and a bad batch (0 images per rank): four jobs."""
     work = tmp_path_factory.mktemp("sweep")
     result = subprocess.run(
         [
@@ -76,8 +76,8 @@ def sweep(env, tmp_path_factory) -> Path:
             "-m",
             *SHORT,
             "experiment=bn_baseline,bn_x5",
-            "trainer.global_batch=8,7",
-            f"run_dir={work}/${{name}}/batch${{trainer.global_batch}}",
+            "trainer.batch_per_rank=8,0",
+            f"run_dir={work}/${{name}}/batch${{trainer.batch_per_rank}}",
             f"hydra.sweep.dir={work}/sweep",
             *SUBMITIT,
         ],
@@ -191,13 +191,13 @@ def test_each_job_of_a_submitit_sweep_trains_two_ranks_and_keeps_its_records(swe
 
 
 def test_a_bad_job_fails_alone_with_its_error_in_its_log(sweep):
-    error = "bn-repro train: trainer.global_batch=7 does not split over 2 ranks"
+    error = "bn-repro train: trainer.batch_per_rank must be positive, got 0"
     logs = [path.read_text() for path in (sweep / "sweep" / ".submitit").glob("*/*_0_log.err")]
     assert len(logs) == 4  # one log of rank 0 a job
     failed = [log for log in logs if error in log]
     assert len(failed) == 2 and not any("Traceback" in log for log in failed)
     for experiment in ("bn_baseline", "bn_x5"):
-        assert not (sweep / experiment / "batch7" / "summary.json").exists()
+        assert not (sweep / experiment / "batch0" / "summary.json").exists()
         assert summary(sweep / experiment / "batch8")["status"] == "finished"
 
 

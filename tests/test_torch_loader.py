@@ -91,7 +91,7 @@ def test_training_on_the_prepared_benchmark(root, tmp_path):
             "data.num_classes=6",
             "data.image_size=32",
             "data.loader=torch",
-            "trainer.global_batch=8",
+            "trainer.batch_per_rank=8",
             "trainer.max_paper_steps=4",
             "trainer.eval_every_paper_steps=2",
             f"run_dir={run_dir}",

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bn_repro.train.checkpoint import checkpoints
-from bn_repro.train.records import read_metrics, tensorboard_step
+from bn_repro.train.records import read_metrics, tensorboard_step, tensorboard_tag
 from tests.helpers import BIN, TINY, assert_same_records, kill_after_first_checkpoint, model_of
 
 pytestmark = pytest.mark.slow
@@ -60,8 +60,15 @@ def test_a_run_leaves_its_records(uninterrupted):
         assert (uninterrupted / name).exists(), name
     records = read_metrics(uninterrupted)
     evals = [r for r in records if r["kind"] == "eval"]
-    assert [r["paper_steps"] for r in evals] == [10, 20, 30, 40]
+    assert [(r["paper_steps"], r["bn_stats"]) for r in evals] == [
+        (10, "running"),
+        (20, "running"),
+        (30, "running"),
+        (40, "running"),
+        (40, "population"),  # Algorithm 2 at the end
+    ]
     assert all(r["count"] == 101 and r["images_seen"] == 32 * r["paper_steps"] for r in evals)
+    assert evals[-1]["population_batches"] == 4
     assert [r["step"] for r in records if r["kind"] == "train"] == [
         20,
         40,
@@ -74,17 +81,22 @@ def test_a_run_leaves_its_records(uninterrupted):
     ]
     done = summary(uninterrupted)
     assert done["status"] == "finished" and done["paper_steps"] == 40
-    assert done["max_top1"] == max(r["top1"] for r in evals)
+    assert done["max_top1"] == max(r["top1"] for r in evals[:-1])  # with running averages
+    assert (done["final_bn_stats"], done["final_top1"]) == ("population", evals[-1]["top1"])
     assert done["target_top1"] is None and done["steps_to_target"] is None  # set by the report
-    assert json.loads((uninterrupted / "effective_hparams.json").read_text())["lr"] == 0.0015 / 4
+    hparams = json.loads((uninterrupted / "effective_hparams.json").read_text())
+    assert hparams["lr"] == 0.0015 / 4
+    assert (hparams["batch_per_rank"], hparams["global_batch"]) == (8, 8)
 
 
 def test_tensorboard_holds_the_numbers_of_metrics_jsonl(uninterrupted):
     events = EventAccumulator(str(uninterrupted / "tensorboard")).Reload()
     records = read_metrics(uninterrupted)
     for tag in events.Tags()["scalars"]:
-        kind, key = tag.split("/")
-        expected = [(tensorboard_step(r), r[key]) for r in records if r["kind"] == kind]
+        key = tag.split("/")[1]
+        expected = [
+            (tensorboard_step(r), r[key]) for r in records if tensorboard_tag(r, key) == tag
+        ]
         logged = [(e.step, e.value) for e in events.Scalars(tag)]
         assert [s for s, _ in logged] == [s for s, _ in expected], tag
         assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6), tag
@@ -139,7 +151,7 @@ def test_two_ranks_train_as_one_process_with_their_joint_batch(tmp_path):
     overrides = ("experiment=inception", "model.dropout=false", "trainer.max_paper_steps=5")
     one, two = tmp_path / "one", tmp_path / "two"
     for run_dir, ranks in ((one, 1), (two, 2)):
-        result = train(run_dir, *overrides, ranks=ranks)
+        result = train(run_dir, *overrides, f"trainer.batch_per_rank={8 // ranks}", ranks=ranks)
         assert result.returncode == 0, result.stderr
     torch.manual_seed(0)  # the trainer's initial weights (seed 0)
     initial = model_of("inception", "model.dropout=false", num_classes=10).state_dict()

@@ -160,7 +160,7 @@ def run_bench_train(args: argparse.Namespace) -> None:
         raise ConfigError("--batch, --size, --steps and --profile-steps must be at least 1")
     env = launch_env(os.environ)
     overrides = bench.overrides(
-        args.experiment, args.data, args.root, args.size, args.batch * env.world_size
+        args.experiment, args.data, args.root, args.size, args.batch, env.world_size
     )
     overrides += _switches(args) + args.overrides
     cfg = to_object(compose(overrides))

@@ -41,13 +41,14 @@ class TrainBench:
 
 
 def overrides(
-    experiment: str, data: str, root: Path | None, size: int, global_batch: int
+    experiment: str, data: str, root: Path | None, size: int, batch: int, world_size: int
 ) -> list[str]:
-    """The config of the benchmark: the experiment at image size `size`, on synthetic images or
-    the prepared set at root read by the DALI or torchvision loader."""
+    """The config of the benchmark: the experiment at image size `size` and `batch` images per
+    rank, on synthetic images or the prepared set at root read by the DALI or torchvision loader."""
+    global_batch = batch * world_size
     common = [
         f"experiment={experiment}",
-        f"trainer.global_batch={global_batch}",
+        f"trainer.batch_per_rank={batch}",
         f"data.image_size={size}",
     ]
     if data == "synthetic":
@@ -94,7 +95,7 @@ def run(cfg: RunConfig, bench: TrainBench) -> dict | None:
         "device": device,
         "world_size": dist.world_size,
         "images_per_s_per_gpu": round(per_gpu, 1),
-        "step_ms": round(1000 * cfg.trainer.global_batch / dist.world_size / per_gpu, 2),
+        "step_ms": round(1000 * cfg.trainer.batch_per_rank / per_gpu, 2),
         "training_flops_per_image": flops,
         "achieved_tflops": round(per_gpu * flops / 1e12, 3),
         "peak_bf16_dense_tflops": peak,

@@ -1,10 +1,19 @@
-"""BN inference statistics recomputed after training, as Algorithm 2 of the paper does."""
+"""BN inference statistics recomputed from training mini-batches, as Algorithm 2 of the paper does.
+
+Training tracks accuracy with BN's running averages (Sec. 3.1: "using moving averages instead,
+we can track the accuracy of a model as it trains"); the network's final inference uses the
+population statistics of Algorithm 2, step 10: E[x] = E_B[mu_B], Var[x] = m/(m-1) E_B[sigma^2_B]."""
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 @torch.no_grad()
@@ -13,22 +22,27 @@ def recompute_population_stats(
 ) -> int:
     """Set every BN layer's inference statistics from num_batches training mini-batches.
 
-    Algorithm 2: E[x] is the mean of the mini-batch means and Var[x] = m/(m-1) times the mean of
-    the mini-batch variances. PyTorch's cumulative average (momentum=None) over the unbiased
-    per-batch variances computes exactly that for batches of equal size. Returns the number of
-    batches used; on an error, or if `batches` is empty, the previous statistics are kept.
+    E[x] is the mean of the mini-batch means and Var[x] = m/(m-1) times the mean of the
+    mini-batch variances: PyTorch's cumulative average (momentum=None) of its unbiased per-batch
+    variances computes exactly that for batches of equal size. The model runs as in training
+    (auxiliary heads too), but for dropout, which would change what later layers see. Returns the
+    number of batches used; on an error, or if `batches` is empty, the previous statistics are
+    kept.
     """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = batchnorms(model)
     if not layers:
         return 0
     saved = [(bn.momentum, {k: v.clone() for k, v in bn.state_dict().items()}) for bn in layers]
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}
     seen = 0
     try:
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                module.eval()
         for bn in layers:
             bn.reset_running_stats()
             bn.momentum = None
-        model.train()
         for images in itertools.islice(batches, num_batches):
             model(images)
             seen += 1
@@ -41,5 +55,26 @@ def recompute_population_stats(
     finally:
         for bn, (momentum, _) in zip(layers, saved, strict=True):
             bn.momentum = momentum
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return seen
+
+
+@contextmanager
+def population_statistics(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    num_batches: int,
+    combine: Callable[[nn.Module], None] = lambda model: None,
+) -> Iterator[int]:
+    """Within the block the model's BN layers hold Algorithm 2's statistics over num_batches
+    training mini-batches (combined over ranks by `combine`); afterwards the running averages
+    are back, as training left them. Yields the number of batches used."""
+    saved = [{k: v.clone() for k, v in bn.state_dict().items()} for bn in batchnorms(model)]
+    try:
+        seen = recompute_population_stats(model, batches, num_batches)
+        combine(model)
+        yield seen
+    finally:
+        for bn, state in zip(batchnorms(model), saved, strict=True):
+            bn.load_state_dict(state)

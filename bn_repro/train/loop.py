@@ -21,6 +21,7 @@ from bn_repro.data import DataSource
 from bn_repro.data.augment import normalize
 from bn_repro.hparams import EffectiveHparams
 from bn_repro.models.inception import AUX_WEIGHT
+from bn_repro.models.population_stats import batchnorms, population_statistics
 from bn_repro.train import checkpoint
 from bn_repro.train.distributed import Dist, all_reduce, average_bn_statistics
 from bn_repro.train.records import Records
@@ -59,6 +60,7 @@ class Plan:
     keep_checkpoints: int
     control_every_steps: int
     target_top1: float | None
+    population_batches: int  # per rank, for Algorithm 2's statistics at the end
 
     @property
     def total_steps(self) -> int:
@@ -141,6 +143,7 @@ class Trainer:
     stop_signal: list = field(default_factory=list)  # filled by stop_on_signals
     window: "Window" = field(init=False, default_factory=lambda: Window(time.perf_counter()))
     last_checkpoint: float = field(init=False, default_factory=time.monotonic)
+    batches: Iterator | None = field(init=False, default=None)  # the training stream (stream)
 
     def fit(self, progress: Progress) -> str:
         """Train to the planned length; returns finished, diverged or preempted."""
@@ -163,13 +166,24 @@ class Trainer:
     def train_steps(self, progress: Progress) -> Iterator[None]:
         """One optimizer step each time it is advanced, epoch after epoch, without end; progress
         and the window count them. Nothing in a step waits for the device."""
+        for images, labels in self.stream(progress):
+            self.window.add(self.train_step(images, labels, progress.step), len(labels))
+            progress.step += 1
+            yield
+
+    def stream(self, progress: Progress) -> Iterator:
+        """The training batches from where progress stands, epoch after epoch, without end; one
+        stream a trainer, so that what follows the last step (Algorithm 2's batches) is the
+        data's next batches, as after a resume."""
+        if self.batches is None:
+            self.batches = self._batches(progress)
+        return self.batches
+
+    def _batches(self, progress: Progress) -> Iterator:
         while True:
-            batches = self.data.train_epoch(progress.epoch, progress.batch_in_epoch)
-            for images, labels in self.timed(batches):
-                self.window.add(self.train_step(images, labels, progress.step), len(labels))
-                progress.step += 1
+            for batch in self.timed(self.data.train_epoch(progress.epoch, progress.batch_in_epoch)):
                 progress.batch_in_epoch += 1
-                yield
+                yield batch
             progress.epoch += 1
             progress.batch_in_epoch = 0
 
@@ -268,29 +282,72 @@ class Trainer:
         )
         self.window = Window(time.perf_counter())
 
-    @torch.no_grad()
     def evaluate(self, progress: Progress) -> dict:
-        """Top-1 and top-5 as exact counts over every validation image once, summed over ranks,
-        with the model outside DDP and the ranks' BN statistics averaged first."""
+        """Evaluate with BN's running averages (the ranks' averaged first), as training tracks
+        its accuracy; the record, which also counts towards the run's best."""
         average_bn_statistics(self.model, self.dist.world_size)
+        record = self.eval_record(progress, "running" if batchnorms(self.model) else "none")
+        update_best(progress, record, self.plan.target_top1)
+        self.records.write_file("summary.json", self.summary(progress, "running"))
+        return record
+
+    def finish(self, progress: Progress) -> dict | None:
+        """The run's final evaluation, on rank 0 (None elsewhere). With BN, Algorithm 2: the
+        population statistics over plan.population_batches training batches per rank (those
+        that follow the last step), averaged over ranks, then an evaluation with them; a run
+        started again once it has that record evaluates nothing more. Without BN, the last
+        evaluation."""
+        if not batchnorms(self.model):
+            return self.records.find(kind="eval", step=progress.step)
+        earlier = self.records.find(kind="eval", step=progress.step, bn_stats="population")
+        (done,) = all_reduce([float(earlier is not None)], self.compute.device, ReduceOp.MAX)
+        if done:
+            return earlier
+        images = (self.compute.batch(*batch)[0] for batch in self.stream(progress))
+        with (
+            self.compute.autocast(),
+            population_statistics(
+                self.model,
+                images,
+                self.plan.population_batches,
+                lambda model: average_bn_statistics(model, self.dist.world_size),
+            ) as used,
+        ):
+            log.info("Algorithm 2: BN statistics over %d training batches per rank", used)
+            return self.eval_record(progress, "population", population_batches=used)
+
+    @torch.no_grad()
+    def eval_record(self, progress: Progress, bn_stats: str, **extra) -> dict:
+        """Top-1 and top-5 as exact counts over every validation image once, summed over ranks,
+        with the model outside DDP, counted on the device and read once; written to the
+        records. bn_stats names the BN statistics used: running, population or none."""
         self.model.eval()
-        top1 = top5 = count = loss = 0.0
+        sums = torch.zeros(3, dtype=torch.float64, device=self.compute.device)
+        count = 0  # known on the host: no need to ask the device
         for batch in self.data.val_batches():
             images, labels = self.compute.batch(*batch)
             with self.compute.autocast():
                 logits = self.model(images).float()
-            top1 += (logits.argmax(1) == labels).sum().item()
             best = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            top5 += (best == labels[:, None]).any(1).sum().item()
+            sums += torch.stack(
+                [
+                    (logits.argmax(1) == labels).sum(),
+                    (best == labels[:, None]).any(1).sum(),
+                    F.cross_entropy(logits, labels, reduction="sum"),
+                ]
+            ).double()
             count += len(labels)
-            loss += F.cross_entropy(logits, labels, reduction="sum").item()
         self.model.train()
-        top1, top5, count, loss = all_reduce([top1, top5, count, loss], self.compute.device)
+        totals = torch.cat([sums, sums.new_tensor([count])])
+        torch.distributed.all_reduce(totals)
+        top1, top5, loss, count = totals.tolist()
         if count != self.data.val_size:
             raise RuntimeError(f"evaluation counted {count:.0f} images, not {self.data.val_size}")
         record = {
             "kind": "eval",
             **self.plan.counters(progress),
+            "bn_stats": bn_stats,
+            **extra,
             "top1": top1 / count,
             "top5": top5 / count,
             "top1_correct": int(top1),
@@ -299,10 +356,9 @@ class Trainer:
             "loss": loss / count,
         }
         self.records.write(record)
-        update_best(progress, record, self.plan.target_top1)
-        self.records.write_file("summary.json", self.summary(progress, "running"))
         log.info(
-            "eval at paper step %s: top-1 %.4f  top-5 %.4f  (%d images)",
+            "eval (%s BN statistics) at paper step %s: top-1 %.4f  top-5 %.4f  (%d images)",
+            bn_stats,
             f"{record['paper_steps']:,.0f}",
             record["top1"],
             record["top5"],
@@ -348,7 +404,8 @@ class Trainer:
         self.records.write_file("summary.json", summary)
         return "diverged"
 
-    def summary(self, progress: Progress, status: str) -> dict:
+    def summary(self, progress: Progress, status: str, final: dict | None = None) -> dict:
+        """What the run is and where it stands; with its final evaluation (finish) once done."""
         counters = self.plan.counters(progress)
         return {
             **self.identity,
@@ -362,6 +419,9 @@ class Trainer:
             "max_top1": progress.max_top1,
             "top5_at_max_top1": progress.top5_at_max_top1,
             "paper_steps_at_max_top1": progress.paper_steps_at_max_top1,
+            "final_bn_stats": final and final["bn_stats"],
+            "final_top1": final and final["top1"],
+            "final_top5": final and final["top5"],
         }
 
 

@@ -1,7 +1,6 @@
 """`bn-repro train`: builds a run's objects and hands them to the loop (loop.py)."""
 
 import logging
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -13,11 +12,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
+from bn_repro import paper
 from bn_repro.compose import CONFIG_DIR, register, to_object, validate
 from bn_repro.data import build_data
-from bn_repro.hparams import effective_hparams
+from bn_repro.hparams import effective_hparams, recipe
 from bn_repro.models import build_model
-from bn_repro.schema import ConfigError, Precision, RunConfig
+from bn_repro.schema import ConfigError, Norm, Precision, RunConfig
 from bn_repro.train import checkpoint
 from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.environment import record_start
@@ -30,7 +30,7 @@ from bn_repro.train.schedule import schedule_table
 log = logging.getLogger(__name__)
 
 # A resumed run must train the same thing; the trainer's other keys may change between starts.
-RESUME_MUST_MATCH = ("name", "seed", "model", "optim", "data", "trainer.global_batch")
+RESUME_MUST_MATCH = ("name", "seed", "model", "optim", "data", "trainer.batch_per_rank")
 
 
 def train(cfg: RunConfig, stop_signal: list) -> dict:
@@ -47,7 +47,8 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
             run_dir,
         )
         status = trainer.fit(progress)
-        summary = trainer.summary(progress, status)
+        final = trainer.finish(progress) if status == "finished" else None
+        summary = trainer.summary(progress, status, final)
         if status != "diverged":  # a diverged run already wrote its summary
             trainer.records.write_file("summary.json", summary)
         trainer.records.close()
@@ -61,29 +62,29 @@ def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Traine
     benchmark drives the same objects."""
     run_dir = Path(cfg.run_dir)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
-    hp = effective_hparams(cfg)
+    hp = effective_hparams(cfg, dist.world_size)
+    warn_if_bn_batch_differs(cfg.trainer.batch_per_rank, cfg.model.norm)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.data.num_classes)
     compute = pick_compute(cfg, dist)
     model.to(compute.device, memory_format=compute.memory_format)
     optimizer = build_optimizer(model, hp, fused=fused_optimizer(cfg, dist))
-    batch = per_rank_batch(cfg.trainer.global_batch, dist.world_size)
-    progress, loader_state = resume(run_dir, resolved, model, optimizer, dist)
+    progress, loader_state = resume(run_dir, resolved, hp.global_batch, model, optimizer, dist)
     cuda_device = compute.device.index if compute.device.type == "cuda" else None
     data = build_data(
         cfg.data,
         cfg.seed,
         dist.rank,
         dist.world_size,
-        batch,
+        cfg.trainer.batch_per_rank,
         cuda_device,
         loader_state,
-        val_batch=math.ceil(cfg.trainer.eval_global_batch / dist.world_size),
+        val_batch=cfg.trainer.eval_batch_per_rank,
     )
     if progress.step == 0:
         torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout draws differ between ranks
     records = Records(run_dir, progress.step, dist.is_main)
-    plan = make_plan(cfg)
+    plan = make_plan(cfg, hp.global_batch)
     records.write_file("config.json", resolved)
     records.write_file("effective_hparams.json", vars(hp))
     records.write_file("schedule.json", schedule_table(hp, plan.max_paper_steps))
@@ -101,7 +102,7 @@ def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Traine
         dist,
         records,
         run_dir,
-        checkpoint_extra={"config": resolved},
+        checkpoint_extra={"config": resolved, "global_batch": hp.global_batch},
         identity=identity(cfg),
         stop_signal=stop_signal,
     )
@@ -128,17 +129,21 @@ def identity(cfg: RunConfig) -> dict:
         "lr_multiplier": cfg.optim.lr_multiplier,
         "norm": cfg.model.norm.value,
         "activation": cfg.model.activation.value,
+        "recipe": recipe(cfg),
+        "batch_per_rank": cfg.trainer.batch_per_rank,
         "data": cfg.data.root or cfg.data.kind.value,
     }
 
 
-def per_rank_batch(global_batch: int, world_size: int) -> int:
-    if global_batch % world_size:
-        raise ConfigError(
-            f"trainer.global_batch={global_batch} does not split over {world_size} ranks:"
-            " make it a multiple of the number of processes"
+def warn_if_bn_batch_differs(batch_per_rank: int, norm: Norm) -> None:
+    if batch_per_rank != paper.BATCH_SIZE and norm is Norm.batchnorm:
+        log.warning(
+            "trainer.batch_per_rank=%d: BN normalizes over %d images per rank, the paper over %d"
+            " (Sec. 4.2), so this network's BN differs from the paper's; the report marks the run",
+            batch_per_rank,
+            batch_per_rank,
+            paper.BATCH_SIZE,
         )
-    return global_batch // world_size
 
 
 def pick_compute(cfg: RunConfig, dist: Dist) -> Compute:
@@ -167,10 +172,10 @@ def fused_optimizer(cfg: RunConfig, dist: Dist) -> bool:
     return dist.device.type == "cuda" if fused is None else fused
 
 
-def make_plan(cfg: RunConfig) -> Plan:
+def make_plan(cfg: RunConfig, global_batch: int) -> Plan:
     trainer = cfg.trainer
     return Plan(
-        global_batch=trainer.global_batch,
+        global_batch=global_batch,
         max_paper_steps=trainer.max_paper_steps,
         eval_every=trainer.eval_every_paper_steps,
         log_every=trainer.log_every_paper_steps,
@@ -179,11 +184,12 @@ def make_plan(cfg: RunConfig) -> Plan:
         keep_checkpoints=trainer.keep_checkpoints,
         control_every_steps=trainer.control_every_steps,
         target_top1=cfg.data.target_top1,
+        population_batches=trainer.population_batches,
     )
 
 
 def resume(
-    run_dir: Path, resolved: dict, model, optimizer, dist: Dist
+    run_dir: Path, resolved: dict, global_batch: int, model, optimizer, dist: Dist
 ) -> tuple[Progress, str | None]:
     """Restore the latest checkpoint of run_dir into the model and optimizer, if there is one;
     where the run stands, and this rank's loader state."""
@@ -200,6 +206,14 @@ def resume(
         raise ConfigError(
             f"{run_dir} holds a run with other settings of {differing}: resume it with the same"
             " overrides, or give this run its own run_dir=PATH"
+        )
+    if payload.get("global_batch", global_batch) != global_batch:
+        # its steps are counted in global batches: another size would misplace every record
+        raise ConfigError(
+            f"{run_dir} trained with a global batch of {payload['global_batch']} images, this"
+            f" start has {global_batch} ({dist.world_size} ranks x"
+            f" {global_batch // dist.world_size}): resume it on as many ranks, or give this run"
+            " its own run_dir=PATH"
         )
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])

@@ -32,11 +32,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 class Records:
     def __init__(self, run_dir: Path, resume_step: int, enabled: bool):
         self.run_dir, self.enabled = run_dir, enabled
+        self.evals: list[dict] = []  # the evaluation records, for find
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         # A resumed run repeats the steps after its checkpoint: drop what was logged for them.
         kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
+        self.evals = [r for r in kept if r["kind"] == "eval"]
         write_bytes(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
         self.metrics = (run_dir / "metrics.jsonl").open("a")
         # purge_step hides the events a killed run wrote after the checkpoint.
@@ -49,11 +51,18 @@ class Records:
             return
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
+        if record["kind"] == "eval":
+            self.evals.append(record)
         step = tensorboard_step(record)
         for key, value in record.items():
-            if key not in COUNTERS and key != "kind":
-                self.tensorboard.add_scalar(f"{record['kind']}/{key}", value, step)
+            if key not in COUNTERS and isinstance(value, int | float):
+                self.tensorboard.add_scalar(tensorboard_tag(record, key), value, step)
         self.tensorboard.flush()
+
+    def find(self, **match) -> dict | None:
+        """The last evaluation record whose fields equal match (on rank 0; None elsewhere)."""
+        found = [r for r in self.evals if all(r.get(k) == v for k, v in match.items())]
+        return found[-1] if found else None
 
     def write_file(self, name: str, data) -> None:
         if self.enabled:
@@ -63,6 +72,13 @@ class Records:
         if self.enabled:
             self.metrics.close()
             self.tensorboard.close()
+
+
+def tensorboard_tag(record: dict, key: str) -> str:
+    """train/loss, eval/top1, ...; an evaluation with Algorithm 2's statistics apart from those
+    with running averages at the same step: eval_population/top1."""
+    group = record["kind"] + ("_population" if record.get("bn_stats") == "population" else "")
+    return f"{group}/{key}"
 
 
 def tensorboard_step(record: dict) -> int:
