@@ -26,15 +26,21 @@ from bn_repro.data.augment import (
 )
 from bn_repro.data.prepared import check_classes, folder_items, read_manifest, shard_paths
 from bn_repro.data.synthetic import Batch
-from bn_repro.schema import ConfigError, DaliDecode, DataConfig, DataFormat, Photometric
+from bn_repro.schema import ConfigError, DaliDecode, DataConfig, DataFormat, Photometric, Shuffle
 
 READER = "Reader"
 SHUFFLE_BUFFER = 4096  # samples the shard reader mixes, on top of the shards' global shuffle
 
 
-def _read(source: dict, rank: int, world_size: int, train: bool, shuffle_seed: int):
+def _read(source: dict, rank: int, world_size: int, order: Shuffle | None, shuffle_seed: int):
+    """The reader of a split: order is None for validation (in file order, each image once),
+    else the training order of Sec. 4.2.1's switch: standard reads the same order every epoch
+    (shards as stored, already shuffled by prepare; the file list in one seeded permutation), so
+    the same examples meet in a mini-batch epoch after epoch; thorough reshuffles every epoch
+    (shards through a buffer of SHUFFLE_BUFFER samples; the file list as a whole)."""
     # Every reader pads its shard so all ranks see as many batches; validation keeps its shard
     # (stick_to_shard) and reads in order, so PARTIAL batches cover every image exactly once.
+    train, thorough = order is not None, order is Shuffle.thorough
     common = dict(shard_id=rank, num_shards=world_size, pad_last_batch=True, name=READER)
     if "shards" in source:
         return fn.readers.webdataset(
@@ -43,21 +49,23 @@ def _read(source: dict, rank: int, world_size: int, train: bool, shuffle_seed: i
             ext=["jpg", "label"],
             dtypes=[types.UINT8, types.INT64],
             missing_component_behavior="error",
-            random_shuffle=train,
+            random_shuffle=thorough,
             initial_fill=SHUFFLE_BUFFER,
             stick_to_shard=not train,
             seed=shuffle_seed + rank,
             **common,
         )
-    # A fresh global permutation every epoch, the same on every rank (the run's seed).
-    shuffle = (
-        {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": shuffle_seed} if train else {}
-    )
+    files, labels = source["files"], source["labels"]
+    if train:  # the same seeded permutation on every rank, each reading its part
+        permutation = np.random.default_rng(shuffle_seed).permutation(len(files))
+        files, labels = [files[i] for i in permutation], [labels[i] for i in permutation]
+    # thorough: a fresh global permutation every epoch, the same on every rank (the run's seed)
+    shuffle = {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": shuffle_seed}
     return fn.readers.file(
-        files=source["files"],
-        labels=source["labels"],
+        files=files,
+        labels=labels,
         stick_to_shard=not train,
-        **shuffle,
+        **(shuffle if thorough else {}),
         **common,
     )
 
@@ -130,7 +138,7 @@ def _resize(images, size: list[int], cfg: DataConfig, gpu: bool):
 def train_pipeline(
     cfg: DataConfig, source: dict, rank: int, world_size: int, gpu: bool, shuffle_seed: int
 ):
-    jpegs, labels = _read(source, rank, world_size, True, shuffle_seed)
+    jpegs, labels = _read(source, rank, world_size, cfg.shuffle, shuffle_seed)
     crop = dict(random_area=list(CROP_AREA), random_aspect_ratio=list(CROP_ASPECT), num_attempts=10)
     size = cfg.image_size
     if cfg.dali_decode is DaliDecode.roi:  # decode only the random crop's region, then resize it
@@ -152,7 +160,7 @@ def train_pipeline(
 def val_pipeline(
     cfg: DataConfig, source: dict, rank: int, world_size: int, gpu: bool, shuffle_seed: int
 ):
-    jpegs, labels = _read(source, rank, world_size, False, shuffle_seed)
+    jpegs, labels = _read(source, rank, world_size, None, shuffle_seed)
     images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder(cfg, gpu))
     images = _resize(images, [round(cfg.image_size / VAL_CROP_FRACTION)], cfg, gpu)
     size = cfg.image_size

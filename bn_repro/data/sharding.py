@@ -1,19 +1,31 @@
 """Which samples a rank reads: the same arithmetic for every data source.
 
-An epoch is one permutation of the training set (seeded by the run's seed and the epoch), cut
-into global batches; rank r takes the r-th slice of each, so two ranks of b images step through
-exactly the batches one process of 2b would, and every rank gets the same number of batches
-(the incomplete last global batch is dropped). Validation is dealt out image by image."""
+An epoch is one order of the training set, cut into global batches; rank r takes the r-th slice
+of each, so two ranks of b images step through exactly the batches one process of 2b would, and
+every rank gets the same number of batches (the incomplete last global batch is dropped).
+Validation is dealt out image by image."""
 
 import torch
 
 
+def epoch_order(size: int, seed: int, epoch: int, thorough: bool, stored: bool) -> torch.Tensor:
+    """The order of the training samples in an epoch. Sec. 4.2.1 shuffles the accelerated
+    networks' examples "more thoroughly", so that the same examples do not always meet in a
+    mini-batch: thorough draws a new permutation every epoch; standard keeps one order for all
+    epochs, the stored one where the source is stored shuffled (shards), else one seeded by the
+    run's seed."""
+    if thorough:
+        return torch.randperm(size, generator=torch.Generator().manual_seed(seed + 7919 * epoch))
+    if stored:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+
+
 def train_batches(
-    size: int, seed: int, epoch: int, rank: int, world_size: int, batch: int, start: int = 0
+    order: torch.Tensor, rank: int, world_size: int, batch: int, start: int = 0
 ) -> list[torch.Tensor]:
-    """This rank's sample indices for each batch of the epoch from batch `start` on."""
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed + 7919 * epoch))
-    global_batch = batch * world_size
+    """This rank's sample indices for each batch of the epoch in `order`, from batch `start` on."""
+    size, global_batch = len(order), batch * world_size
     firsts = range(
         start * global_batch + rank * batch, size - global_batch + 1 + rank * batch, global_batch
     )

@@ -5,8 +5,8 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
-from bn_repro.data.sharding import batches_per_epoch, train_batches, val_batches
-from bn_repro.schema import ConfigError, DataConfig
+from bn_repro.data.sharding import batches_per_epoch, epoch_order, train_batches, val_batches
+from bn_repro.schema import ConfigError, DataConfig, Shuffle
 
 # images: uint8 (N, H, W, 3) from the loaders, normalized on the device (augment.normalize), or
 # float (N, 3, H, W) ready for the model (synthetic); labels (N,)
@@ -36,6 +36,7 @@ class SyntheticData:
             )
         self.seed, self.rank, self.world_size, self.batch = seed, rank, world_size, batch
         self.val_batch = val_batch or batch
+        self.thorough = cfg.shuffle is Shuffle.thorough
         self.device = device
         generator = torch.Generator().manual_seed(seed)
         size, classes = cfg.image_size, cfg.num_classes
@@ -61,10 +62,8 @@ class SyntheticData:
         return len(self.val_labels)
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        size = len(self.train_labels)
-        for chosen in train_batches(
-            size, self.seed, epoch, self.rank, self.world_size, self.batch, start_batch
-        ):
+        order = epoch_order(len(self.train_labels), self.seed, epoch, self.thorough, stored=False)
+        for chosen in train_batches(order, self.rank, self.world_size, self.batch, start_batch):
             yield self._take(self.train_images, self.train_labels, chosen)
 
     def val_batches(self) -> Iterator[Batch]:

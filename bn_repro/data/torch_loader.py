@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from bn_repro.data.augment import train_transform, val_transform
 from bn_repro.data.prepared import Item, check_classes, folder_items, read_manifest, shard_items
-from bn_repro.data.sharding import batches_per_epoch, train_batches, val_batches
+from bn_repro.data.sharding import batches_per_epoch, epoch_order, train_batches, val_batches
 from bn_repro.data.synthetic import Batch
-from bn_repro.schema import ConfigError, DataConfig, DataFormat
+from bn_repro.schema import ConfigError, DataConfig, DataFormat, Shuffle
 
 
 class TorchData:
@@ -38,6 +38,8 @@ class TorchData:
                 f"{root} has fewer training images than one global batch of {batch * world_size}"
             )
         self.seed, self.rank, self.world_size, self.batch = seed, rank, world_size, batch
+        self.thorough = cfg.shuffle is Shuffle.thorough
+        self.stored_shuffled = cfg.format is DataFormat.shards  # prepare shuffled them
         self.val_batch = val_batch or batch
         self.train_transform = train_transform(cfg.image_size, cfg.photometric)
         self.val_transform = val_transform(cfg.image_size)
@@ -48,9 +50,8 @@ class TorchData:
         return len(self.val)
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        batches = train_batches(
-            len(self.train), self.seed, epoch, self.rank, self.world_size, self.batch, start_batch
-        )
+        order = epoch_order(len(self.train), self.seed, epoch, self.thorough, self.stored_shuffled)
+        batches = train_batches(order, self.rank, self.world_size, self.batch, start_batch)
         # Each image's crop, flip and distortion are drawn from its own seed: the same pixels
         # whichever worker loads it, and again after a resume.
         return self._load(_Batches(self.train, batches, self.train_transform, (self.seed, epoch)))
