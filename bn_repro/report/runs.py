@@ -1,10 +1,16 @@
-"""The runs a report covers, read from their metrics.jsonl and summary.json only."""
+"""The runs a report covers, read from their metrics.jsonl and summary.json only. A file that
+cannot be read as a run's (corrupt, cut short, from another tool) is skipped with a warning that
+names it; it never stops the report."""
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from bn_repro.train.records import read_metrics
+from bn_repro import paper
+from bn_repro.files import read_jsonl
+
+log = logging.getLogger(__name__)
 
 # A preempted run resumes when requeued: for a report it is still running.
 STATUS = {
@@ -13,21 +19,43 @@ STATUS = {
     "preempted": "running",
     "running": "running",
 }
+# What a report reads of every summary.json (the trainer writes more).
+SUMMARY_KEYS = ("name", "seed", "lr_multiplier", "recipe", "batch_per_rank", "data", "status")
+RECORD_KEYS = ("kind", "step", "paper_steps")
 
 
 @dataclass(frozen=True)
 class Run:
     path: Path
     summary: dict
-    evals: list[dict]  # evaluation records, in order
+    evals: list[dict]  # evaluations with BN's running averages (or without BN), in order
+    # the final evaluation: with Algorithm 2's population statistics, or a finished network's
+    # last one where it has no BN; None before
+    final: dict | None
 
     @property
     def name(self) -> str:
         return self.summary["name"]
 
     @property
+    def seed(self) -> int:
+        return self.summary["seed"]
+
+    @property
     def status(self) -> str:
-        return STATUS[self.summary.get("status", "running")]
+        return STATUS.get(self.summary["status"], "running")
+
+    @property
+    def recipe(self) -> tuple:
+        """What the run trains apart from its seed, as a key: norm, activation, Sec. 4.2.1."""
+        recipe = self.summary["recipe"]
+        return recipe["norm"], recipe["activation"], recipe["sec_4_2_1"]
+
+    @property
+    def papers_bn_batch(self) -> bool:
+        """Whether BN normalizes over the paper's mini-batch (or there is no BN)."""
+        no_bn = self.summary["recipe"]["norm"] == "none"
+        return no_bn or self.summary["batch_per_rank"] == paper.BATCH_SIZE
 
     @property
     def best(self) -> dict | None:
@@ -40,10 +68,37 @@ class Run:
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
-    """Every run under the given run or sweep directories: a folder with a summary.json."""
+    """Every readable run under the given run or sweep directories: a folder with a summary.json
+    of the trainer's."""
     runs = []
     for path in paths:
-        for summary in sorted(path.rglob("summary.json")):
-            evals = [r for r in read_metrics(summary.parent) if r["kind"] == "eval"]
-            runs.append(Run(summary.parent, json.loads(summary.read_text()), evals))
+        for summary_path in sorted(path.rglob("summary.json")):
+            run = read_run(summary_path)
+            if run is not None:
+                runs.append(run)
     return runs
+
+
+def read_run(summary_path: Path) -> Run | None:
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        log.warning("%s cannot be read (%s): that run is left out", summary_path, error)
+        return None
+    missing = [key for key in SUMMARY_KEYS if not isinstance(summary, dict) or key not in summary]
+    if missing:
+        log.warning("%s lacks %s: not a bn-repro run's; left out", summary_path, missing)
+        return None
+    metrics = summary_path.parent / "metrics.jsonl"
+    evals, final = [], None
+    for number, record in enumerate(read_jsonl(metrics), start=1):
+        if any(key not in record for key in RECORD_KEYS):
+            log.warning("%s, record %d lacks one of %s; skipped", metrics, number, RECORD_KEYS)
+        elif record["kind"] == "eval" and record.get("bn_stats") == "population":
+            final = record
+        elif record["kind"] == "eval":
+            evals.append(record)
+    no_bn = summary["recipe"]["norm"] == "none"
+    if final is None and no_bn and summary["status"] == "finished" and evals:
+        final = evals[-1]
+    return Run(summary_path.parent, summary, evals, final)

@@ -132,6 +132,7 @@ def identity(cfg: RunConfig) -> dict:
         "recipe": recipe(cfg),
         "batch_per_rank": cfg.trainer.batch_per_rank,
         "data": cfg.data.root or cfg.data.kind.value,
+        "num_classes": cfg.data.num_classes,
     }
 
 

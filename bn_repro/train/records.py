@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from bn_repro.files import write_bytes, write_json
+from bn_repro.files import read_jsonl, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -18,15 +18,7 @@ COUNTERS = ("step", "images_seen", "paper_steps", "epoch")
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The records of metrics.jsonl; a line cut short by a killed process is dropped."""
-    path = run_dir / "metrics.jsonl"
-    records = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("dropping an incomplete line of %s", path)
-    return records
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 class Records:

@@ -1,0 +1,150 @@
+"""The paper's claims about its ImageNet networks, judged on a report's runs: each holds beyond
+the spread of the seeds (mean +- standard deviation intervals apart, two runs or more a side),
+by the means only, or not; or the runs cannot tell. Steps are to the Inception maximum of the
+run's own seed (tables.Targets); a run that never reached it counts as its length, a bound."""
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bn_repro import paper
+from bn_repro.report.runs import Run
+from bn_repro.report.tables import PAPER_ROWS, Targets, by_variant
+
+BN_RECIPE = ("batchnorm", "relu", "none")  # BN-Baseline's: Inception's recipe with BN
+NO_BN_RECIPE = ("none", "relu", "none")  # Inception's
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str
+    paper: str  # the paper's numbers behind the claim
+    verdict: str
+    evidence: str
+
+
+def judge(runs: list[Run], aims: Targets) -> list[Verdict]:
+    variants = by_variant(runs)
+    by_rate = _by_recipe_and_rate(runs)
+    steps = _steps(aims)
+    rows = PAPER_ROWS
+    return [
+        _fewer(
+            "BN-Baseline reaches Inception's maximum in fewer steps than Inception (Sec. 4.2.2)",
+            _paper_steps(rows["bn_baseline"], rows["inception"]),
+            variants.get("bn_baseline", []),
+            variants.get("inception", []),
+            steps,
+        ),
+        _fewer(
+            "BN-x5 reaches it in fewer steps than BN-Baseline (Fig. 3)",
+            _paper_steps(rows["bn_x5"], rows["bn_baseline"]),
+            variants.get("bn_x5", []),
+            variants.get("bn_baseline", []),
+            steps,
+        ),
+        _higher(
+            "BN-x30 ends with a higher maximum top-1 than BN-x5 (Sec. 4.2.2)",
+            _paper_max(rows["bn_x30"], rows["bn_x5"]),
+            variants.get("bn_x30", []),
+            variants.get("bn_x5", []),
+        ),
+        _higher(
+            "BN-x5-Sigmoid trains, the sigmoid Inception without BN does not (Sec. 4.2.2)",
+            f"{100 * rows['bn_x5_sigmoid'].max_top1:.1f}% vs never better than"
+            f" {100 * paper.SIGMOID_INCEPTION_MAX_TOP1:.1f}%",
+            variants.get("bn_x5_sigmoid", []),
+            variants.get("inception_sigmoid", []),
+        ),
+        _fewer(
+            "BN enables higher learning rates: with BN, Inception's recipe at 5x the rate reaches"
+            " the maximum in fewer steps than at 1x (Sec. 3.3)",
+            f"BN-x5 and BN-Baseline: {_paper_steps(rows['bn_x5'], rows['bn_baseline'])}",
+            by_rate.get((BN_RECIPE, 5), []),
+            by_rate.get((BN_RECIPE, 1), []),
+            steps,
+        ),
+        _higher(
+            "Without BN, 5x the rate trains no better: Inception's recipe at 1x beats 5x"
+            " (Sec. 4.2.2: at 5x its parameters reached machine infinity)",
+            "diverged at 5x",
+            by_rate.get((NO_BN_RECIPE, 1), []),
+            by_rate.get((NO_BN_RECIPE, 5), []),
+        ),
+    ]
+
+
+def _by_recipe_and_rate(runs: list[Run]) -> dict[tuple, list[Run]]:
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.recipe, run.summary["lr_multiplier"]), []).append(run)
+    return groups
+
+
+def _steps(aims: Targets) -> Callable[[Run], tuple[float, bool]]:
+    def steps(run: Run) -> tuple[float, bool]:
+        """Paper steps to the run's target, and whether it reached it (else its length)."""
+        target = aims.of_seed(run)
+        reached = None if target is None else run.steps_to(target)
+        return (run.summary["paper_steps"], False) if reached is None else (reached, True)
+
+    return steps
+
+
+def _fewer(claim: str, printed: str, faster: list[Run], slower: list[Run], steps) -> Verdict:
+    if not faster or not slower:
+        return Verdict(claim, printed, "cannot tell", "the runs of both sides are needed")
+    mine, theirs = [steps(r) for r in faster], [steps(r) for r in slower]
+    missed = sum(not reached for _, reached in mine)
+    evidence = f"{_describe([s for s, _ in mine])} vs {_describe([s for s, _ in theirs])} steps"
+    if missed:
+        return Verdict(claim, printed, "does not hold", f"{missed} of {len(mine)} never reached it")
+    unreached = sum(not reached for _, reached in theirs)
+    if unreached:
+        evidence += f" ({unreached} of the latter never reached it: their lengths count)"
+    return Verdict(claim, printed, _compare([s for s, _ in mine], [s for s, _ in theirs]), evidence)
+
+
+def _higher(claim: str, printed: str, better: list[Run], worse: list[Run]) -> Verdict:
+    """Whether the first group's maximum top-1 exceeds the second's; a diverged run's maximum
+    is that of its evaluations before it diverged."""
+    mine = [r.best["top1"] for r in better if r.best]
+    theirs = [r.best["top1"] for r in worse if r.best]
+    if not mine or not theirs:
+        return Verdict(claim, printed, "cannot tell", "the runs of both sides are needed")
+    evidence = f"max top-1 {_describe(mine, percent=True)} vs {_describe(theirs, percent=True)}"
+    verdict = _compare([-value for value in mine], [-value for value in theirs])
+    return Verdict(claim, printed, verdict, evidence)
+
+
+def _compare(lower: list[float], higher: list[float]) -> str:
+    """Whether the first values are lower: beyond the spread, by the means only, or not."""
+    (a, sa), (b, sb) = _mean_spread(lower), _mean_spread(higher)
+    if a >= b:
+        return "does not hold"
+    if a + sa < b - sb and min(len(lower), len(higher)) > 1:
+        return "holds beyond the spread"
+    return "holds by the means only"
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _describe(values: list[float], percent: bool = False) -> str:
+    mean, spread = _mean_spread(values)
+    scale, unit, digits = (100, "%", 2) if percent else (1, "", 0)
+    text = f"{scale * mean:,.{digits}f}{unit}"
+    return (
+        text
+        + (f" ± {scale * spread:,.{digits}f}" if len(values) > 1 else "")
+        + f" (n={len(values)})"
+    )
+
+
+def _paper_steps(row, other) -> str:
+    return f"{row.steps_to_target / 1e6:.1f}M vs {other.steps_to_target / 1e6:.1f}M steps"
+
+
+def _paper_max(row, other) -> str:
+    return f"{100 * row.max_top1:.1f}% vs {100 * other.max_top1:.1f}%"
