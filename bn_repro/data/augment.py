@@ -3,7 +3,8 @@ yield uint8 images (N, H, W, 3); the trainer normalizes them on its device (norm
 
 Inception's recipe (Szegedy et al. 2014, Sec. 6): random crops of 8-100% of the area at aspect
 ratios 3/4-4/3, horizontal flips and photometric distortions. The paper distorts less for the
-accelerated networks (Sec. 4.2.1) without saying how much less; "reduced" halves every strength.
+accelerated networks (Sec. 4.2.1) without saying how much less; "reduced", half of every
+strength, is this project's reading.
 """
 
 import functools
@@ -18,9 +19,12 @@ from bn_repro.schema import Photometric
 
 CROP_AREA = (0.08, 1.0)
 CROP_ASPECT = (3 / 4, 4 / 3)
-# TF-slim's Inception distortions (SPEC.md 2.3): brightness +-32/255, contrast and saturation
-# x[0.5, 1.5], hue +-0.2 (its fast mode; an approximation of Howard's distortions).
+# TF-slim's Inception distortions (inception_preprocessing.distort_color in its full mode; its
+# fast mode leaves out hue and contrast), an approximation of Howard's that GoogLeNet used:
+# brightness +-32/255, saturation and contrast x[0.5, 1.5], hue +-0.2.
 FULL_DISTORTION = {"brightness": 32 / 255, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
+# Sec. 4.2.1 distorts "less" without saying how much: reduced, half of every strength, is this
+# project's reading, not a number of the paper's.
 STRENGTH = {Photometric.full: 1.0, Photometric.reduced: 0.5, Photometric.none: 0.0}
 VAL_CROP_FRACTION = 0.875  # the centre crop covers 87.5% of the resized image (TF-slim)
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's channel statistics; the paper gives none
