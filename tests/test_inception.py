@@ -170,3 +170,17 @@ def test_aux_heads_return_logits_in_training_only():
     logits, aux = model.train()(images)
     assert logits.shape == (2, 10) and [a.shape for a in aux] == [(2, 10), (2, 10)]
     assert model.eval()(images).shape == (2, 10)
+
+
+@pytest.mark.parametrize("experiment", ["inception", "bn_baseline"])
+def test_the_relu_network_carries_a_signal_to_its_output_at_initialization(experiment):
+    # Xavier's initialization halves a signal's variance at every ReLU: through Inception's
+    # depth the features of unit-variance images came out with a std of 0.005, and the network
+    # without BN could not start learning. He's keeps them at the input's scale.
+    torch.manual_seed(0)
+    model = model_of(experiment, "model.dropout=false", num_classes=10).eval()
+    features = {}
+    model.trunk.flatten.register_forward_hook(lambda m, args, out: features.update(out=out))
+    with torch.no_grad():
+        model(torch.randn(8, 3, 64, 64))
+    assert 0.3 < features["out"].std() < 3
