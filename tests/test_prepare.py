@@ -157,19 +157,24 @@ def test_dali_reads_the_shards_with_their_index_files(prepared):
     assert images.at(0).shape == (SPEC.size, SPEC.size, 3)
 
 
-def test_a_kaggle_layout_and_an_extracted_tree_prepare_alike(prepared, tmp_path):
-    out, manifest = prepared
-    kaggle = tmp_path / "kaggle"
+def kaggle_layout(prepared: Path, manifest: dict, kaggle: Path) -> Path:
+    """The prepared images in Kaggle's ImageNet Object Localization layout."""
     data = kaggle / "ILSVRC" / "Data" / "CLS-LOC"
-    shutil.copytree(out / "train", data / "train")
+    shutil.copytree(prepared / "train", data / "train")
     (data / "val").mkdir(parents=True)
     rows = ["ImageId,PredictionString"]
-    for path in sorted((out / "val").glob("*/*")):
+    for path in sorted((prepared / "val").glob("*/*")):
         shutil.copy(path, data / "val" / path.name)
         rows.append(f"{path.stem},{path.parent.name} 1 2 30 40")
     (kaggle / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     mapping = [f"{c['wnid']} {c['words']}" for c in manifest["classes"]]
     (kaggle / "LOC_synset_mapping.txt").write_text("\n".join(mapping) + "\n")
+    return kaggle
+
+
+def test_a_kaggle_layout_and_an_extracted_tree_prepare_alike(prepared, tmp_path):
+    out, manifest = prepared
+    kaggle = kaggle_layout(out, manifest, tmp_path / "kaggle")
     options = PrepareOptions(("folder",), 1, 48, 0)
     from_kaggle = prepare(kaggle, tmp_path / "from_kaggle", options)
     from_tree = prepare(out, tmp_path / "from_tree", options)  # train/ and val/ of WNID folders
@@ -281,3 +286,43 @@ def test_a_finished_preparation_is_kept_and_other_settings_refused(mini, prepare
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     with pytest.raises(PrepareError, match="already holds a preparation"):
         prepare(mini, out, dataclasses.replace(OPTIONS, shard_size=10))
+
+
+def source_of(layout: str, mini: Path, prepared: tuple[Path, dict], to: Path) -> Path:
+    """A source of the layout at `to`; an extracted tree gets a PNG named .JPEG, as the real
+    train set has, which prepare would re-encode."""
+    out, manifest = prepared
+    to.parent.mkdir(parents=True)
+    if layout == "archives":
+        return copy_archives(mini, to)
+    if layout == "kaggle":
+        return kaggle_layout(out, manifest, to)
+    for split in ("train", "val"):
+        shutil.copytree(out / split, to / split)
+    png = next((to / "train").glob("*/*.JPEG"))
+    Image.open(png).save(png, "PNG")
+    return to
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("layout", ["archives", "tree", "kaggle"])
+@pytest.mark.parametrize("relation", ["same", "out_inside", "source_inside", "symlink"])
+def test_an_out_overlapping_the_source_is_refused_before_anything_is_written(
+    mini, prepared, tmp_path, layout, relation
+):
+    source = source_of(layout, mini, prepared, tmp_path / "parent" / "source")
+    out = {
+        "same": source,
+        "out_inside": source / "prepared",
+        "source_inside": source.parent,
+        "symlink": tmp_path / "link",
+    }[relation]
+    if relation == "symlink":
+        out.symlink_to(source)
+    before = snapshot(tmp_path)
+    with pytest.raises(PrepareError, match="prepare would write into its own source"):
+        prepare(source, out, OPTIONS)
+    assert snapshot(tmp_path) == before

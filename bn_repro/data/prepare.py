@@ -47,6 +47,7 @@ class Unit:
 
 def prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     """Prepare OUT from the source; a finished OUT with the same settings is left as it is."""
+    check_apart(source_path, out)
     finished = _finished(out, source_path, options)
     if finished:
         return finished
@@ -72,6 +73,24 @@ def prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     write_json(out / "manifest.json", manifest)
     shutil.rmtree(progress)
     return manifest
+
+
+def check_apart(source: Path, out: Path) -> None:
+    """Refuse an OUT that is, holds or lies inside the source, symbolic links resolved: prepare
+    would write into the source (rewriting its images in place) or read what it writes."""
+    source_real, out_real = source.resolve(), out.resolve()
+    if out_real == source_real:
+        relation = "is"
+    elif out_real.is_relative_to(source_real):
+        relation = "lies inside"
+    elif source_real.is_relative_to(out_real):
+        relation = "holds"
+    else:
+        return
+    raise PrepareError(
+        f"--out {out} {relation} --source {source} ({out_real}, {source_real}): prepare would"
+        " write into its own source. Choose an --out outside the source, and not above it"
+    )
 
 
 def check_counts(source: Source) -> None:
