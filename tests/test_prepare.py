@@ -326,3 +326,50 @@ def test_an_out_overlapping_the_source_is_refused_before_anything_is_written(
     with pytest.raises(PrepareError, match="prepare would write into its own source"):
         prepare(source, out, OPTIONS)
     assert snapshot(tmp_path) == before
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is pid, from /proc/*/stat."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after "pid (command)"
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("command", ["prepare", "make-mini"])
+def test_workers_die_with_their_killed_parent(mini, tmp_path, command):
+    args = {
+        "prepare": ["prepare", "--source", mini, "--out", tmp_path / "out", "--shard-size", "48"],
+        "make-mini": ["make-mini", tmp_path / "mini", "--train-per-class", "100", "--size", "64"],
+    }[command]
+    process = subprocess.Popen([BN_REPRO, *args, "--workers", "2"], stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        while len(workers) < 2 and process.poll() is None:
+            workers = children(process.pid)
+            time.sleep(0.01)
+        assert process.poll() is None, "finished before it could be killed"
+        process.kill()
+        process.wait()
+        waited = 0
+        while any(alive(pid) for pid in workers) and waited < 100:  # 5 s at most
+            time.sleep(0.05)
+            waited += 1
+        assert not [pid for pid in workers if alive(pid)]
+    finally:
+        for pid in workers:  # leave no worker behind when the test fails
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

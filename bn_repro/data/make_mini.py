@@ -7,7 +7,6 @@ import io
 import os
 import tarfile
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from bn_repro.data import ilsvrc
 from bn_repro.data.mini_images import class_looks, render
+from bn_repro.data.pool import worker_pool
 
 # Each worker process draws the class looks once, not once per image.
 _looks = functools.lru_cache(maxsize=2)(class_looks)
@@ -48,7 +48,7 @@ def make_mini(out: Path, spec: MiniSpec, workers: int) -> None:
         val_jobs.append((spec, int(c), int(seen[c]), number))
         seen[c] += 1
     total = spec.classes * (spec.train_per_class + spec.val_per_class)
-    with ProcessPoolExecutor(workers) as pool, tqdm(total=total, unit="img") as progress:
+    with worker_pool(workers) as pool, tqdm(total=total, unit="img") as progress:
         class_tars = pool.map(_class_tar, [(spec, c, wnids[c]) for c in range(spec.classes)])
         _write_tar(out / ilsvrc.TRAIN_ARCHIVE, class_tars, progress, spec.train_per_class)
         val_images = pool.map(_val_image, val_jobs, chunksize=64)

@@ -15,7 +15,6 @@ import sys
 import tarfile
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from bn_repro import __version__
+from bn_repro.data.pool import worker_pool
 from bn_repro.data.sources import PrepareError, Sample, Source, open_source
 from bn_repro.files import write_bytes, write_json
 
@@ -62,7 +62,7 @@ def prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     done = {p.stem: json.loads(p.read_text()) for p in progress.glob("unit-*.json")}
     todo = [u for u in units if _record_name(u) not in done]
     bar = tqdm(total=sum(len(u.samples) for u in todo), unit="img", desc=f"prepare {out}")
-    with ProcessPoolExecutor(options.workers) as pool:
+    with worker_pool(options.workers) as pool:
         records = pool.map(write_unit, todo, [out] * len(todo), [index] * len(todo))
         for unit, record in zip(todo, records, strict=True):
             write_json(progress / f"{_record_name(unit)}.json", record)
