@@ -1,6 +1,7 @@
 """make-mini writes the official formats; prepare reads them (and the other layouts) correctly."""
 
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -16,7 +17,9 @@ import pytest
 import torchvision
 from PIL import Image
 
+from bn_repro import cli
 from bn_repro.data import ilsvrc
+from bn_repro.data import prepare as prepare_module
 from bn_repro.data.make_mini import MiniSpec, make_mini
 from bn_repro.data.prepare import PrepareOptions, prepare
 from bn_repro.data.sources import PrepareError
@@ -373,3 +376,53 @@ def test_workers_die_with_their_killed_parent(mini, tmp_path, command):
         for pid in workers:  # leave no worker behind when the test fails
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+class FillingFile(io.FileIO):
+    """A file on a disk with `room` bytes left in all, failing with `error` once they are used."""
+
+    room, error = 0, errno.ENOSPC
+
+    def write(self, data) -> int:
+        if len(data) > FillingFile.room:
+            raise OSError(FillingFile.error, os.strerror(FillingFile.error))
+        FillingFile.room -= len(data)
+        return super().write(data)
+
+
+@pytest.mark.parametrize(
+    "error, room, what_to_do",
+    [
+        (errno.ENOSPC, 60_000, "the disk is full: free space"),  # after two class folders
+        (errno.EROFS, 0, "the file system is read-only: choose an --out you can write to"),
+        (errno.EACCES, 0, "no permission to write there: choose an --out you can write to"),
+    ],
+)
+def test_write_errors_name_the_path_and_what_to_do_and_leave_nothing_half_done(
+    mini, prepared, tmp_path, monkeypatch, error, room, what_to_do
+):
+    out = tmp_path / "out"
+    monkeypatch.setattr(FillingFile, "room", room)
+    monkeypatch.setattr(FillingFile, "error", error)
+    monkeypatch.setattr(prepare_module, "_create", lambda path: FillingFile(path, "wb"))
+    with pytest.raises(PrepareError, match=what_to_do) as caught:
+        prepare(mini, out, dataclasses.replace(OPTIONS, workers=1))
+    assert f"{out}/train/" in str(caught.value)  # the unit being written
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+    recorded = {p.name for p in (out / ".progress").glob("unit-*.json")}
+    for folder in out.glob("*/n*"):  # what has its final name is whole, and recorded
+        assert f"unit-folder-{folder.parent.name}-{folder.name}.json" in recorded
+    monkeypatch.undo()
+    prepare(mini, out, OPTIONS)  # then resumes to the same files
+    assert snapshot(out).keys() == snapshot(prepared[0]).keys()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_an_out_that_is_or_lies_under_a_file_is_refused(mini, tmp_path, capsys, where):
+    file = tmp_path / "file"
+    file.write_text("not a folder")
+    out = file if where == "file" else file / "out"
+    assert cli.main(["prepare", "--source", str(mini), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bn-repro prepare: ") and "choose another --out" in error
+    assert str(file) in error and "Traceback" not in error

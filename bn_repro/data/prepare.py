@@ -5,6 +5,7 @@ The work is cut into units (one class folder, or one shard), each written under 
 and renamed when whole, then recorded in OUT/.progress/; an interrupted run skips the recorded
 units and redoes the rest, so nothing half-written ever looks complete."""
 
+import errno
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from bn_repro import __version__
 from bn_repro.data.pool import worker_pool
 from bn_repro.data.sources import PrepareError, Sample, Source, open_source
-from bn_repro.files import write_bytes, write_json
+from bn_repro.files import write_json
 
 FORMATS = ("folder", "shards")
 
@@ -48,19 +49,28 @@ class Unit:
 def prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     """Prepare OUT from the source; a finished OUT with the same settings is left as it is."""
     check_apart(source_path, out)
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out {out} is a file, not a folder: choose another --out")
+    try:
+        return _prepare(source_path, out, options)
+    except OSError as error:
+        raise os_error(error, out) from None
+
+
+def _prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     finished = _finished(out, source_path, options)
     if finished:
         return finished
+    progress = out / ".progress"
+    progress.mkdir(parents=True, exist_ok=True)  # the first write: a bad --out fails here, at once
     source = open_source(source_path)
     check_counts(source)
     classes = sorted({s.wnid for s in source.samples})
-    index = {wnid: i for i, wnid in enumerate(classes)}
     units = plan(source, options)
-    progress = out / ".progress"
-    progress.mkdir(parents=True, exist_ok=True)
     _check_same_plan(progress / "plan.json", source, options, units)
     done = {p.stem: json.loads(p.read_text()) for p in progress.glob("unit-*.json")}
     todo = [u for u in units if _record_name(u) not in done]
+    index = {wnid: i for i, wnid in enumerate(classes)}
     bar = tqdm(total=sum(len(u.samples) for u in todo), unit="img", desc=f"prepare {out}")
     with worker_pool(options.workers) as pool:
         records = pool.map(write_unit, todo, [out] * len(todo), [index] * len(todo))
@@ -73,6 +83,26 @@ def prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     write_json(out / "manifest.json", manifest)
     shutil.rmtree(progress)
     return manifest
+
+
+# What to do when writing fails, by errno; a finished unit stays, so a rerun resumes.
+WHAT_TO_DO = {
+    errno.ENOSPC: "the disk is full: free space, or choose an --out on a disk with more, and run"
+    " the same command again (it resumes where it stopped)",
+    errno.EDQUOT: "the disk quota is used up: free space, or choose an --out with room, and run the"
+    " same command again (it resumes where it stopped)",
+    errno.EROFS: "the file system is read-only: choose an --out you can write to",
+    errno.EACCES: "no permission to write there: choose an --out you can write to",
+    errno.EPERM: "no permission to write there: choose an --out you can write to",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another --out",
+    errno.EEXIST: "a file stands where a folder is needed: choose another --out",
+}
+
+
+def os_error(error: OSError, where: Path) -> PrepareError:
+    """The error as a PrepareError naming the path (error's, or else `where`) and what to do."""
+    what_to_do = WHAT_TO_DO.get(error.errno, "fix that and run the same command again")
+    return PrepareError(f"{error.filename or where}: {error.strerror or error}: {what_to_do}")
 
 
 def check_apart(source: Path, out: Path) -> None:
@@ -156,12 +186,14 @@ def write_unit(unit: Unit, out: Path, index: dict[str, int]) -> dict:
                 reencoded.append({"split": sample.split, "name": sample.name, "was": was})
             yield sample, data
 
-    if unit.name.startswith("folder/"):
-        for sample, data in images():
-            write_bytes(out / unit.name.removeprefix("folder/") / sample.name, data)
-        written = {}
-    else:
-        written = write_shard(out / f"{unit.name}.tar", images(), index)
+    folder = unit.name.startswith("folder/")
+    path = out / unit.name.removeprefix("folder/") if folder else out / f"{unit.name}.tar"
+    try:
+        written = write_folder(path, images()) if folder else write_shard(path, images(), index)
+    except OSError as error:
+        raise os_error(error, path) from None
+    finally:
+        _remove_temporaries(path)
     classes = dict(Counter(s.wnid for s in unit.samples))
     return {
         "unit": unit.name,
@@ -169,6 +201,36 @@ def write_unit(unit: Unit, out: Path, index: dict[str, int]) -> dict:
         "classes": classes,
         "reencoded": reencoded,
     } | written
+
+
+def _create(path: Path):
+    """A new file to write, as every image, shard and index file is (tests fill the disk here)."""
+    return open(path, "wb")
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _remove_temporaries(path: Path) -> None:
+    # What a failed unit leaves (a whole one leaves none): it is redone whole, and a full disk
+    # wants the space back.
+    shutil.rmtree(_temporary(path), ignore_errors=True)
+    for leftover in (_temporary(path), _temporary(path.with_suffix(".idx"))):
+        leftover.unlink(missing_ok=True)
+
+
+def write_folder(folder: Path, images: Iterable[tuple[Sample, bytes]]) -> dict:
+    """A class folder of image files, written as <folder>.tmp and renamed when whole."""
+    temporary = _temporary(folder)
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    for sample, data in images:
+        with _create(temporary / sample.name) as file:
+            file.write(data)
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier, damaged copy
+    os.replace(temporary, folder)
+    return {}
 
 
 def clean_jpeg(sample: Sample) -> tuple[bytes, str | None]:
@@ -192,9 +254,12 @@ def write_shard(path: Path, images: Iterable[tuple[Sample, bytes]], index: dict[
     webdataset convention) and <key>.label (int64 little-endian, for DALI's typed reader), with
     its DALI index file (format v1.2, as DALI's wds2idx writes it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = _temporary(path)
     lines = []
-    with tarfile.open(temporary, "w", format=tarfile.GNU_FORMAT) as tar:
+    with (
+        _create(temporary) as file,
+        tarfile.open(fileobj=file, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         for sample, data in images:
             key = sample.name.split(".")[0]  # no dots: webdataset and DALI split at the first
             label = index[sample.wnid]
@@ -211,9 +276,9 @@ def write_shard(path: Path, images: Iterable[tuple[Sample, bytes]], index: dict[
                 parts.append(f"{extension} {offset} {len(payload)} {info.name}")
             lines.append(" ".join(parts))
     index_path = path.with_suffix(".idx")
-    write_bytes(
-        index_path, "".join(f"{line}\n" for line in [f"v1.2 {len(lines)}", *lines]).encode()
-    )
+    with _create(_temporary(index_path)) as file:
+        file.write("".join(f"{line}\n" for line in [f"v1.2 {len(lines)}", *lines]).encode())
+    os.replace(_temporary(index_path), index_path)
     digest = hashlib.sha256()
     with open(temporary, "rb") as file:
         while chunk := file.read(1 << 20):
