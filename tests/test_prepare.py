@@ -426,3 +426,28 @@ def test_an_out_that_is_or_lies_under_a_file_is_refused(mini, tmp_path, capsys, 
     error = capsys.readouterr().err
     assert error.startswith("bn-repro prepare: ") and "choose another --out" in error
     assert str(file) in error and "Traceback" not in error
+
+
+def test_images_cut_short_or_damaged_are_listed_and_nothing_looks_complete(prepared, tmp_path):
+    source = tmp_path / "tree"
+    for split in ("train", "val"):
+        shutil.copytree(prepared[0] / split, source / split)
+    train, val = next((source / "train").glob("*/*")), next((source / "val").glob("*/*"))
+    whole = {path: path.read_bytes() for path in (train, val)}
+    train.write_bytes(whole[train][:-100])  # cut in its image data: the header reads fine
+    val.write_bytes(whole[val][:100])  # cut in its header
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError, match="2 images of the source cannot be decoded") as caught:
+        prepare(source, out, OPTIONS)
+    for path, split in ((train, "train"), (val, "val")):
+        assert f"{split} {path.name} (in {path}): " in str(caught.value)
+        assert f"{split} {path.name} (in {path}): " in (out / "bad-images.txt").read_text()
+        assert not (out / split / path.parent.name).exists()  # its class folder, unfinished
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+    in_shards = {key for split in ("train", "val") for key, _ in shard_records(out, split)}
+    assert in_shards and not {train.stem, val.stem} & in_shards
+    for path, data in whole.items():
+        path.write_bytes(data)
+    manifest = prepare(source, out, OPTIONS)
+    assert manifest["splits"] == {"train": 12 * 16, "val": 12 * 5}
+    assert not (out / "bad-images.txt").exists()

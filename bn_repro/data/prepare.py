@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from bn_repro import __version__
@@ -72,13 +72,19 @@ def _prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     todo = [u for u in units if _record_name(u) not in done]
     index = {wnid: i for i, wnid in enumerate(classes)}
     bar = tqdm(total=sum(len(u.samples) for u in todo), unit="img", desc=f"prepare {out}")
+    bad = []
     with worker_pool(options.workers) as pool:
         records = pool.map(write_unit, todo, [out] * len(todo), [index] * len(todo))
         for unit, record in zip(todo, records, strict=True):
-            write_json(progress / f"{_record_name(unit)}.json", record)
-            done[_record_name(unit)] = record
+            bad += record["bad"]
+            if not record["bad"]:
+                write_json(progress / f"{_record_name(unit)}.json", record)
+                done[_record_name(unit)] = record
             bar.update(len(unit.samples))
     bar.close()
+    if bad:
+        raise bad_images_error(out, bad)
+    (out / BAD_IMAGES).unlink(missing_ok=True)  # an earlier run's
     manifest = build_manifest(source, options, classes, [done[_record_name(u)] for u in units])
     write_json(out / "manifest.json", manifest)
     shutil.rmtree(progress)
@@ -103,6 +109,24 @@ def os_error(error: OSError, where: Path) -> PrepareError:
     """The error as a PrepareError naming the path (error's, or else `where`) and what to do."""
     what_to_do = WHAT_TO_DO.get(error.errno, "fix that and run the same command again")
     return PrepareError(f"{error.filename or where}: {error.strerror or error}: {what_to_do}")
+
+
+BAD_IMAGES = "bad-images.txt"  # in OUT, while images of the source cannot be decoded
+
+
+def bad_images_error(out: Path, bad: list[dict]) -> PrepareError:
+    """Every image that cannot be decoded, in OUT/bad-images.txt and (the first 20) the error."""
+    unique = {(e["split"], e["name"]): e for e in bad}  # folder and shard units find the same
+    lines = [f"{s} {n} (in {e['source']}): {e['why']}" for (s, n), e in sorted(unique.items())]
+    (out / BAD_IMAGES).write_text("".join(f"{line}\n" for line in lines))
+    more = f"\n  and {len(lines) - 20} more" if len(lines) > 20 else ""
+    return PrepareError(
+        f"{len(lines)} images of the source cannot be decoded (cut short or damaged); all are"
+        f" listed in {out / BAD_IMAGES}:\n  " + "\n  ".join(lines[:20]) + more + "\n"
+        f"{out} holds no manifest, so no loader reads it. Replace these files with whole copies"
+        " (download the source again), then run the same command: it redoes only the class"
+        " folders and shards that hold them"
+    )
 
 
 def check_apart(source: Path, out: Path) -> None:
@@ -176,31 +200,50 @@ def plan(source: Source, options: PrepareOptions) -> list[Unit]:
 
 
 def write_unit(unit: Unit, out: Path, index: dict[str, int]) -> dict:
-    """Write one unit (in a worker process), one image in memory at a time; its record."""
-    reencoded = []
+    """Write one unit (in a worker process), one image in memory at a time; its record. A unit
+    holding images that cannot be decoded keeps no file; its record lists them under "bad"."""
+    classes = dict(Counter(s.wnid for s in unit.samples))
+    record = {
+        "unit": unit.name,
+        "split": unit.split,
+        "classes": classes,
+        "reencoded": [],
+        "bad": [],
+    }
 
     def images():
         for sample in unit.samples:
-            data, was = clean_jpeg(sample)
+            try:
+                data, was = clean_jpeg(sample)
+            except BadImage as error:
+                entry = {"split": sample.split, "name": sample.name, "source": sample.path}
+                record["bad"].append(entry | {"why": str(error)})
+                continue
             if was:
-                reencoded.append({"split": sample.split, "name": sample.name, "was": was})
+                record["reencoded"].append({"split": sample.split, "name": sample.name, "was": was})
             yield sample, data
+        if record["bad"]:
+            raise _HoldsBadImages  # before the unit's files get their final names
 
     folder = unit.name.startswith("folder/")
     path = out / unit.name.removeprefix("folder/") if folder else out / f"{unit.name}.tar"
     try:
-        written = write_folder(path, images()) if folder else write_shard(path, images(), index)
+        record |= write_folder(path, images()) if folder else write_shard(path, images(), index)
+    except _HoldsBadImages:
+        pass  # listed in the record
     except OSError as error:
         raise os_error(error, path) from None
     finally:
         _remove_temporaries(path)
-    classes = dict(Counter(s.wnid for s in unit.samples))
-    return {
-        "unit": unit.name,
-        "split": unit.split,
-        "classes": classes,
-        "reencoded": reencoded,
-    } | written
+    return record
+
+
+class BadImage(Exception):
+    """An image that cannot be decoded whole: cut short, damaged, or no image at all."""
+
+
+class _HoldsBadImages(Exception):
+    pass
 
 
 def _create(path: Path):
@@ -234,19 +277,34 @@ def write_folder(folder: Path, images: Iterable[tuple[Sample, bytes]]) -> dict:
 
 
 def clean_jpeg(sample: Sample) -> tuple[bytes, str | None]:
-    """The image's bytes as they are, unless it is one of the known bad files of the real train
-    set (a PNG named .JPEG, a CMYK JPEG): those become RGB JPEGs. Grayscale JPEGs pass."""
+    """The image's bytes as they are, once a decode has shown them whole (BadImage if not),
+    unless it is one of the known bad files of the real train set (a PNG named .JPEG, a CMYK
+    JPEG): those become RGB JPEGs. Grayscale JPEGs pass."""
     data = sample.read()
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
-    except UnidentifiedImageError:
-        raise PrepareError(f"{sample.path}: {sample.name} is not an image") from None
-    if image.format == "JPEG" and image.mode in ("RGB", "L"):
-        return data, None
-    was = f"{image.mode} JPEG" if image.format == "JPEG" else f"{image.format} named {sample.name}"
+        if image.format == "JPEG" and image.mode in ("RGB", "L"):
+            _decode_small(image)
+            return data, None
+        was = (
+            f"{image.mode} JPEG"
+            if image.format == "JPEG"
+            else f"{image.format} named {sample.name}"
+        )
+        rgb = image.convert("RGB")
+    except Exception as error:  # PIL's, for a damaged file: OSError, SyntaxError, ValueError ...
+        raise BadImage(str(error) or type(error).__name__) from None
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=95)
+    rgb.save(buffer, "JPEG", quality=95)
     return buffer.getvalue(), was
+
+
+def _decode_small(image: Image.Image) -> None:
+    # At 1/8 scale libjpeg still decodes every entropy-coded byte, so a file cut short or damaged
+    # fails as in a full decode, at 2/3 of its cost: on 500x375 quality-95 JPEGs, 1.2 ms an
+    # image against 1.8 ms (reading the bytes and the header: 0.06 ms).
+    image.draft(image.mode, (image.width // 8, image.height // 8))
+    image.load()
 
 
 def write_shard(path: Path, images: Iterable[tuple[Sample, bytes]], index: dict[str, int]) -> dict:
