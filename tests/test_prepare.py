@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torchvision
-from PIL import Image
+from PIL import ExifTags, Image
 
 from bn_repro import cli
 from bn_repro.data import ilsvrc
@@ -125,6 +125,20 @@ def test_bad_files_are_reencoded_as_rgb_jpeg_and_grayscale_passes(prepared):
         assert (image.format, image.mode) == ("JPEG", "RGB")
     modes = {Image.open(p).mode for p in out.glob("train/*/*_1.JPEG")}
     assert "L" in modes  # the grayscale image kept as it was
+
+
+def test_an_exif_oriented_image_is_counted_and_kept_as_stored(prepared):
+    out, manifest = prepared
+    name = "ILSVRC2012_val_00000002.JPEG"
+    entry = {"split": "val", "name": name, "orientation": 6}
+    assert manifest["exif_oriented"] == {"count": 1, "images": [entry]}
+    for path in [*out.glob(f"val/*/{name}"), out / "shards" / "val-000000.tar"]:
+        if path.suffix == ".tar":
+            with tarfile.open(path) as tar:
+                path = io.BytesIO(tar.extractfile(name.replace(".JPEG", ".jpg")).read())
+        image = Image.open(path)
+        assert image.size == (SPEC.size, SPEC.size * 3 // 4)  # 4:3 though the set is square
+        assert image.getexif()[ExifTags.Base.Orientation] == 6
 
 
 def test_training_shards_are_globally_shuffled(prepared):

@@ -19,8 +19,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
-from PIL import Image
+from PIL import ExifTags, Image
 from tqdm import tqdm
 
 from bn_repro import __version__
@@ -203,25 +204,22 @@ def write_unit(unit: Unit, out: Path, index: dict[str, int]) -> dict:
     """Write one unit (in a worker process), one image in memory at a time; its record. A unit
     holding images that cannot be decoded keeps no file; its record lists them under "bad"."""
     classes = dict(Counter(s.wnid for s in unit.samples))
-    record = {
-        "unit": unit.name,
-        "split": unit.split,
-        "classes": classes,
-        "reencoded": [],
-        "bad": [],
-    }
+    record = {"unit": unit.name, "split": unit.split, "classes": classes}
+    record |= {"reencoded": [], "exif_oriented": [], "bad": []}
 
     def images():
         for sample in unit.samples:
+            about = {"split": sample.split, "name": sample.name}
             try:
-                data, was = clean_jpeg(sample)
+                cleaned = clean_jpeg(sample)
             except BadImage as error:
-                entry = {"split": sample.split, "name": sample.name, "source": sample.path}
-                record["bad"].append(entry | {"why": str(error)})
+                record["bad"].append(about | {"source": sample.path, "why": str(error)})
                 continue
-            if was:
-                record["reencoded"].append({"split": sample.split, "name": sample.name, "was": was})
-            yield sample, data
+            if cleaned.was:
+                record["reencoded"].append(about | {"was": cleaned.was})
+            if cleaned.orientation in TURNED:
+                record["exif_oriented"].append(about | {"orientation": cleaned.orientation})
+            yield sample, cleaned.data
         if record["bad"]:
             raise _HoldsBadImages  # before the unit's files get their final names
 
@@ -276,16 +274,26 @@ def write_folder(folder: Path, images: Iterable[tuple[Sample, bytes]]) -> dict:
     return {}
 
 
-def clean_jpeg(sample: Sample) -> tuple[bytes, str | None]:
+class Cleaned(NamedTuple):
+    data: bytes  # what to write
+    was: str | None  # what it was, if re-encoded
+    orientation: int  # its EXIF orientation tag (1, as an untagged image: shown as stored)
+
+
+TURNED = range(2, 9)  # EXIF orientations that turn or mirror the stored image to show it
+
+
+def clean_jpeg(sample: Sample) -> Cleaned:
     """The image's bytes as they are, once a decode has shown them whole (BadImage if not),
     unless it is one of the known bad files of the real train set (a PNG named .JPEG, a CMYK
     JPEG): those become RGB JPEGs. Grayscale JPEGs pass."""
     data = sample.read()
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         if image.format == "JPEG" and image.mode in ("RGB", "L"):
             _decode_small(image)
-            return data, None
+            return Cleaned(data, None, orientation)
         was = (
             f"{image.mode} JPEG"
             if image.format == "JPEG"
@@ -296,7 +304,7 @@ def clean_jpeg(sample: Sample) -> tuple[bytes, str | None]:
         raise BadImage(str(error) or type(error).__name__) from None
     buffer = io.BytesIO()
     rgb.save(buffer, "JPEG", quality=95)
-    return buffer.getvalue(), was
+    return Cleaned(buffer.getvalue(), was, orientation)
 
 
 def _decode_small(image: Image.Image) -> None:
@@ -394,6 +402,7 @@ def build_manifest(
     counts = {split: Counter() for split in ("train", "val")}
     # folder and shard units re-encode the same files: list each once
     reencoded = {(e["split"], e["name"]): e for r in records for e in r["reencoded"]}
+    oriented = {(e["split"], e["name"]): e for r in records for e in r["exif_oriented"]}
     for record in records:
         if record["unit"].startswith(f"{options.formats[0]}/"):  # each image once
             counts[record["split"]].update(record["classes"])
@@ -425,4 +434,10 @@ def build_manifest(
             for split in ("train", "val")
         },
         "reencoded": [reencoded[key] for key in sorted(reencoded)],
+        # stored turned, to be shown turned by the tag, which both loaders ignore as ImageNet's
+        # recipes do: kept as they are, counted here
+        "exif_oriented": {
+            "count": len(oriented),
+            "images": [oriented[key] for key in sorted(oriented)],
+        },
     }
