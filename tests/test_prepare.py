@@ -113,7 +113,15 @@ def test_counts_per_class_and_the_manifest_match_the_files(prepared):
             assert (out / shard["file"]).stat().st_size == shard["bytes"]
             header = (out / shard["index"]).read_text().splitlines()[0]
             assert header == f"v1.2 {shard['images']}"
-    assert not list(out.rglob("*.tmp")) and not (out / ".progress").exists()
+    assert not list(out.rglob("*.tmp"))
+    for split in ("train", "val"):
+        for folder in manifest["folders"][split]:
+            files = sorted((out / folder["folder"]).iterdir())
+            assert folder["images"] == len(files) and folder["bytes"] == sum(
+                f.stat().st_size for f in files
+            )
+        for shard in manifest["shards"][split]:
+            assert (out / shard["index"]).stat().st_size == shard["index_bytes"]
 
 
 def test_bad_files_are_reencoded_as_rgb_jpeg_and_grayscale_passes(prepared):

@@ -3,7 +3,9 @@
 
 The work is cut into units (one class folder, or one shard), each written under a temporary name
 and renamed when whole, then recorded in OUT/.progress/; an interrupted run skips the recorded
-units and redoes the rest, so nothing half-written ever looks complete."""
+units and redoes the rest, so nothing half-written ever looks complete. The records stay: a run
+on a finished OUT whose files no longer match its manifest (missing, or of another size) redoes
+the units that wrote them."""
 
 import errno
 import hashlib
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from bn_repro import __version__
 from bn_repro.data.pool import worker_pool
+from bn_repro.data.prepared import damaged, listing_sha256
 from bn_repro.data.sources import PrepareError, Sample, Source, open_source
 from bn_repro.files import write_json
 
@@ -48,7 +51,8 @@ class Unit:
 
 
 def prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
-    """Prepare OUT from the source; a finished OUT with the same settings is left as it is."""
+    """Prepare OUT from the source. A finished OUT with the same settings is left as it is, but
+    for the units whose files are missing or of another size: those are written again."""
     check_apart(source_path, out)
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out {out} is a file, not a folder: choose another --out")
@@ -70,7 +74,7 @@ def _prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     units = plan(source, options)
     _check_same_plan(progress / "plan.json", source, options, units)
     done = {p.stem: json.loads(p.read_text()) for p in progress.glob("unit-*.json")}
-    todo = [u for u in units if _record_name(u) not in done]
+    todo = [u for u in units if _record_name(u.name) not in done]
     index = {wnid: i for i, wnid in enumerate(classes)}
     bar = tqdm(total=sum(len(u.samples) for u in todo), unit="img", desc=f"prepare {out}")
     bad = []
@@ -79,16 +83,15 @@ def _prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
         for unit, record in zip(todo, records, strict=True):
             bad += record["bad"]
             if not record["bad"]:
-                write_json(progress / f"{_record_name(unit)}.json", record)
-                done[_record_name(unit)] = record
+                write_json(progress / f"{_record_name(unit.name)}.json", record)
+                done[_record_name(unit.name)] = record
             bar.update(len(unit.samples))
     bar.close()
     if bad:
         raise bad_images_error(out, bad)
     (out / BAD_IMAGES).unlink(missing_ok=True)  # an earlier run's
-    manifest = build_manifest(source, options, classes, [done[_record_name(u)] for u in units])
+    manifest = build_manifest(source, options, classes, [done[_record_name(u.name)] for u in units])
     write_json(out / "manifest.json", manifest)
-    shutil.rmtree(progress)
     return manifest
 
 
@@ -262,16 +265,25 @@ def _remove_temporaries(path: Path) -> None:
 
 
 def write_folder(folder: Path, images: Iterable[tuple[Sample, bytes]]) -> dict:
-    """A class folder of image files, written as <folder>.tmp and renamed when whole."""
+    """A class folder of image files, written as <folder>.tmp and renamed when whole; its
+    images, bytes and SHA-256 (prepared.listing_sha256)."""
     temporary = _temporary(folder)
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
+    files, size = [], 0
     for sample, data in images:
         with _create(temporary / sample.name) as file:
             file.write(data)
+        files.append((sample.name, hashlib.sha256(data).hexdigest()))
+        size += len(data)
     shutil.rmtree(folder, ignore_errors=True)  # an earlier, damaged copy
     os.replace(temporary, folder)
-    return {}
+    return {
+        "folder": str(Path(folder.parent.name) / folder.name),
+        "images": len(files),
+        "bytes": size,
+        "sha256": listing_sha256(files),
+    }
 
 
 class Cleaned(NamedTuple):
@@ -342,8 +354,9 @@ def write_shard(path: Path, images: Iterable[tuple[Sample, bytes]], index: dict[
                 parts.append(f"{extension} {offset} {len(payload)} {info.name}")
             lines.append(" ".join(parts))
     index_path = path.with_suffix(".idx")
+    index_data = "".join(f"{line}\n" for line in [f"v1.2 {len(lines)}", *lines]).encode()
     with _create(_temporary(index_path)) as file:
-        file.write("".join(f"{line}\n" for line in [f"v1.2 {len(lines)}", *lines]).encode())
+        file.write(index_data)
     os.replace(_temporary(index_path), index_path)
     digest = hashlib.sha256()
     with open(temporary, "rb") as file:
@@ -356,11 +369,28 @@ def write_shard(path: Path, images: Iterable[tuple[Sample, bytes]], index: dict[
         "images": len(lines),
         "bytes": path.stat().st_size,
         "sha256": digest.hexdigest(),
+        "index_bytes": len(index_data),
+        "index_sha256": hashlib.sha256(index_data).hexdigest(),
     }
 
 
-def _record_name(unit: Unit) -> str:
-    return "unit-" + unit.name.replace("/", "-")
+SHARD_FIELDS = ("file", "index", "images", "bytes", "sha256")
+
+
+def _written(records: list[dict], kind: str, fields: tuple[str, ...]) -> dict[str, list[dict]]:
+    """What the units of a kind (folder, shards) wrote, by split, in unit order."""
+    return {
+        split: [
+            {k: r[k] for k in fields}
+            for r in records
+            if r["unit"].startswith(f"{kind}/") and r["split"] == split
+        ]
+        for split in ("train", "val")
+    }
+
+
+def _record_name(unit: str) -> str:
+    return "unit-" + unit.replace("/", "-")
 
 
 def _finished(out: Path, source_path: Path, options: PrepareOptions) -> dict | None:
@@ -375,7 +405,24 @@ def _finished(out: Path, source_path: Path, options: PrepareOptions) -> dict | N
             f" {manifest['formats']}, shard size {manifest['shard_size']} and seed"
             f" {manifest['shuffle_seed']}: prepare into another --out"
         )
-    return manifest
+    problems = damaged(out, manifest)
+    if not problems:
+        return manifest
+    listed = "\n  ".join(map(str, problems))
+    print(f"{out} no longer matches its manifest, preparing again:\n  {listed}", file=sys.stderr)
+    (out / "manifest.json").unlink()  # first: nothing looks complete until the repair is
+    for problem in problems:  # the units to redo; the others are recorded as done
+        record = out / ".progress" / f"{_record_name(_unit_of(out, problem.path))}.json"
+        record.unlink(missing_ok=True)
+    return None
+
+
+def _unit_of(out: Path, path: Path) -> str:
+    """The unit that wrote a shard, index file or class folder."""
+    split, name = path.relative_to(out).parts[-2:]
+    if split == "shards":
+        return f"shards/{name.rsplit('.', 1)[0]}"
+    return f"folder/{split}/{name}"
 
 
 def _check_same_plan(
@@ -425,14 +472,8 @@ def build_manifest(
             }
             for i, wnid in enumerate(classes)
         ],
-        "shards": {
-            split: [
-                {k: r[k] for k in ("file", "index", "images", "bytes", "sha256")}
-                for r in records
-                if r["unit"].startswith("shards/") and r["split"] == split
-            ]
-            for split in ("train", "val")
-        },
+        "folders": _written(records, "folder", ("folder", "images", "bytes", "sha256")),
+        "shards": _written(records, "shards", (*SHARD_FIELDS, "index_bytes", "index_sha256")),
         "reencoded": [reencoded[key] for key in sorted(reencoded)],
         # stored turned, to be shown turned by the tag, which both loaders ignore as ImageNet's
         # recipes do: kept as they are, counted here
