@@ -18,8 +18,7 @@ import torchvision
 from PIL import ExifTags, Image
 
 from bn_repro import cli
-from bn_repro.data import ilsvrc
-from bn_repro.data import prepare as prepare_module
+from bn_repro.data import ilsvrc, units
 from bn_repro.data.make_mini import MiniSpec, make_mini
 from bn_repro.data.prepare import PrepareOptions, prepare
 from bn_repro.data.sources import PrepareError
@@ -426,7 +425,7 @@ def test_write_errors_name_the_path_and_what_to_do_and_leave_nothing_half_done(
     out = tmp_path / "out"
     monkeypatch.setattr(FillingFile, "room", room)
     monkeypatch.setattr(FillingFile, "error", error)
-    monkeypatch.setattr(prepare_module, "_create", lambda path: FillingFile(path, "wb"))
+    monkeypatch.setattr(units, "_create", lambda path: FillingFile(path, "wb"))
     with pytest.raises(PrepareError, match=what_to_do) as caught:
         prepare(mini, out, dataclasses.replace(OPTIONS, workers=1))
     assert f"{out}/train/" in str(caught.value)  # the unit being written
