@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from bn_repro import __version__
 from bn_repro.data.pool import worker_pool
-from bn_repro.data.prepared import damaged
+from bn_repro.data.prepared import Problem, damaged
 from bn_repro.data.sources import PrepareError, Sample, Source, open_source
 from bn_repro.data.units import Unit, os_error, write_unit
 from bn_repro.files import write_json
@@ -181,9 +181,6 @@ def plan(source: Source, options: PrepareOptions) -> list[Unit]:
     return units
 
 
-SHARD_FIELDS = ("file", "index", "images", "bytes", "sha256")
-
-
 def _written(records: list[dict], kind: str, fields: tuple[str, ...]) -> dict[str, list[dict]]:
     """What the units of a kind (folder, shards) wrote, by split, in unit order."""
     return {
@@ -215,21 +212,20 @@ def _finished(out: Path, source_path: Path, options: PrepareOptions) -> dict | N
     problems = damaged(out, manifest)
     if not problems:
         return manifest
-    listed = "\n  ".join(map(str, problems))
-    print(f"{out} no longer matches its manifest, preparing again:\n  {listed}", file=sys.stderr)
-    (out / "manifest.json").unlink()  # first: nothing looks complete until the repair is
-    for problem in problems:  # the units to redo; the others are recorded as done
-        record = out / ".progress" / f"{_record_name(_unit_of(out, problem.path))}.json"
-        record.unlink(missing_ok=True)
+    _forget(out, problems)
     return None
 
 
-def _unit_of(out: Path, path: Path) -> str:
-    """The unit that wrote a shard, index file or class folder."""
-    split, name = path.relative_to(out).parts[-2:]
-    if split == "shards":
-        return f"shards/{name.rsplit('.', 1)[0]}"
-    return f"folder/{split}/{name}"
+def _forget(out: Path, problems: list[Problem]) -> None:
+    """Make OUT unfinished again, forgetting the units that wrote the damaged files (the others
+    stay recorded as done), so that the run redoes those."""
+    listed = "\n  ".join(map(str, problems))
+    print(f"{out} no longer matches its manifest, preparing again:\n  {listed}", file=sys.stderr)
+    (out / "manifest.json").unlink()  # first: nothing looks complete until the repair is
+    for problem in problems:
+        kind, name = problem.path.parent.name, problem.path.name  # shards, or the split
+        unit = f"shards/{name.rsplit('.', 1)[0]}" if kind == "shards" else f"folder/{kind}/{name}"
+        (out / ".progress" / f"{_record_name(unit)}.json").unlink(missing_ok=True)
 
 
 def _check_same_plan(
@@ -280,7 +276,11 @@ def build_manifest(
             for i, wnid in enumerate(classes)
         ],
         "folders": _written(records, "folder", ("folder", "images", "bytes", "sha256")),
-        "shards": _written(records, "shards", (*SHARD_FIELDS, "index_bytes", "index_sha256")),
+        "shards": _written(
+            records,
+            "shards",
+            ("file", "index", "images", "bytes", "sha256", "index_bytes", "index_sha256"),
+        ),
         "reencoded": [reencoded[key] for key in sorted(reencoded)],
         # stored turned, to be shown turned by the tag, which both loaders ignore as ImageNet's
         # recipes do: kept as they are, counted here

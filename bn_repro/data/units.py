@@ -101,11 +101,13 @@ def _temporary(path: Path) -> Path:
 
 
 def _remove_temporaries(path: Path) -> None:
-    # What a failed unit leaves (a whole one leaves none): it is redone whole, and a full disk
-    # wants the space back.
-    shutil.rmtree(_temporary(path), ignore_errors=True)
-    for leftover in (_temporary(path), _temporary(path.with_suffix(".idx"))):
-        leftover.unlink(missing_ok=True)
+    """What a failed unit leaves (a whole one leaves none): the unit is redone whole, and a full
+    disk wants the space back."""
+    if path.suffix == ".tar":
+        for leftover in (path, path.with_suffix(".idx")):
+            _temporary(leftover).unlink(missing_ok=True)
+    else:
+        shutil.rmtree(_temporary(path), ignore_errors=True)
 
 
 def write_folder(folder: Path, images: Iterable[tuple[Sample, bytes]]) -> dict:
@@ -128,47 +130,6 @@ def write_folder(folder: Path, images: Iterable[tuple[Sample, bytes]]) -> dict:
         "bytes": size,
         "sha256": listing_sha256(files),
     }
-
-
-class Cleaned(NamedTuple):
-    data: bytes  # what to write
-    was: str | None  # what it was, if re-encoded
-    orientation: int  # its EXIF orientation tag (1, as an untagged image: shown as stored)
-
-
-TURNED = range(2, 9)  # EXIF orientations that turn or mirror the stored image to show it
-
-
-def clean_jpeg(sample: Sample) -> Cleaned:
-    """The image's bytes as they are, once a decode has shown them whole (BadImage if not),
-    unless it is one of the known bad files of the real train set (a PNG named .JPEG, a CMYK
-    JPEG): those become RGB JPEGs. Grayscale JPEGs pass."""
-    data = sample.read()
-    try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        if image.format == "JPEG" and image.mode in ("RGB", "L"):
-            _decode_small(image)
-            return Cleaned(data, None, orientation)
-        was = (
-            f"{image.mode} JPEG"
-            if image.format == "JPEG"
-            else f"{image.format} named {sample.name}"
-        )
-        rgb = image.convert("RGB")
-    except Exception as error:  # PIL's, for a damaged file: OSError, SyntaxError, ValueError ...
-        raise BadImage(str(error) or type(error).__name__) from None
-    buffer = io.BytesIO()
-    rgb.save(buffer, "JPEG", quality=95)
-    return Cleaned(buffer.getvalue(), was, orientation)
-
-
-def _decode_small(image: Image.Image) -> None:
-    # At 1/8 scale libjpeg still decodes every entropy-coded byte, so a file cut short or damaged
-    # fails as in a full decode, at 2/3 of its cost: on 500x375 quality-95 JPEGs, 1.2 ms an
-    # image against 1.8 ms (reading the bytes and the header: 0.06 ms).
-    image.draft(image.mode, (image.width // 8, image.height // 8))
-    image.load()
 
 
 def write_shard(path: Path, images: Iterable[tuple[Sample, bytes]], index: dict[str, int]) -> dict:
@@ -216,3 +177,40 @@ def write_shard(path: Path, images: Iterable[tuple[Sample, bytes]], index: dict[
         "index_bytes": len(index_data),
         "index_sha256": hashlib.sha256(index_data).hexdigest(),
     }
+
+
+class Cleaned(NamedTuple):
+    data: bytes  # what to write
+    was: str | None  # what it was, if re-encoded
+    orientation: int  # its EXIF orientation tag (1, as an untagged image: shown as stored)
+
+
+TURNED = range(2, 9)  # EXIF orientations that turn or mirror the stored image to show it
+
+
+def clean_jpeg(sample: Sample) -> Cleaned:
+    """The image's bytes as they are, once a decode has shown them whole (BadImage if not),
+    unless it is one of the known bad files of the real train set (a PNG named .JPEG, a CMYK
+    JPEG): those become RGB JPEGs. Grayscale JPEGs pass."""
+    data = sample.read()
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        if image.format == "JPEG" and image.mode in ("RGB", "L"):
+            _decode_small(image)
+            return Cleaned(data, None, orientation)
+        rgb = image.convert("RGB")
+    except Exception as error:  # PIL's, for a damaged file: OSError, SyntaxError, ValueError ...
+        raise BadImage(str(error) or type(error).__name__) from None
+    was = f"{image.mode} JPEG" if image.format == "JPEG" else f"{image.format} named {sample.name}"
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG", quality=95)
+    return Cleaned(buffer.getvalue(), was, orientation)
+
+
+def _decode_small(image: Image.Image) -> None:
+    # At 1/8 scale libjpeg still decodes every entropy-coded byte, so a file cut short or damaged
+    # fails as in a full decode, at 2/3 of its cost: on 500x375 quality-95 JPEGs, 1.2 ms an
+    # image against 1.8 ms (reading the bytes and the header: 0.06 ms).
+    image.draft(image.mode, (image.width // 8, image.height // 8))
+    image.load()
