@@ -25,7 +25,15 @@ def main(argv: list[str] | None = None) -> int:
         help="train an experiment: bn-repro train experiment=NAME [overrides] (Hydra's --help,"
         " -m for sweeps)",
     )
-    for add in (add_describe, add_prepare, add_make_mini, add_bench, add_report, add_paper):
+    for add in (
+        add_describe,
+        add_prepare,
+        add_make_mini,
+        add_verify,
+        add_bench,
+        add_report,
+        add_paper,
+    ):
         add(commands)
     args = parser.parse_args(argv)
     try:
@@ -173,6 +181,27 @@ def run_make_mini(args: argparse.Namespace) -> None:
         raise PrepareError("make-mini needs at least 1 class, image and worker, and 16 pixels")
     make_mini(args.out, spec, args.workers)
     print(f"wrote the ILSVRC2012 archives of {spec.classes} generated classes to {args.out}")
+
+
+def add_verify(commands) -> None:
+    parser = commands.add_parser(
+        "verify",
+        help="check a prepared dataset's files against its manifest: sizes and SHA-256",
+        description="Read every shard, index file and class folder that `bn-repro prepare` wrote"
+        " to ROOT and compare their sizes and SHA-256 sums with ROOT/manifest.json. Exits 0 when"
+        " all match; else lists every file that does not and exits 2.",
+    )
+    parser.add_argument("root", type=Path, metavar="ROOT", help="a prepared dataset")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes")
+    parser.set_defaults(run=run_verify)
+
+
+def run_verify(args: argparse.Namespace) -> None:
+    from bn_repro.data.verify import verify
+
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    print(verify(args.root, args.workers))
 
 
 def train(overrides: list[str]) -> int:

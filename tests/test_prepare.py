@@ -1,6 +1,7 @@
 """make-mini writes the official formats; prepare reads them (and the other layouts) correctly."""
 
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import torchvision
-from PIL import Image
+from PIL import ExifTags, Image
 
-from bn_repro.data import ilsvrc
+from bn_repro import cli
+from bn_repro.data import ilsvrc, units
 from bn_repro.data.make_mini import MiniSpec, make_mini
 from bn_repro.data.prepare import PrepareOptions, prepare
 from bn_repro.data.sources import PrepareError
@@ -110,7 +112,15 @@ def test_counts_per_class_and_the_manifest_match_the_files(prepared):
             assert (out / shard["file"]).stat().st_size == shard["bytes"]
             header = (out / shard["index"]).read_text().splitlines()[0]
             assert header == f"v1.2 {shard['images']}"
-    assert not list(out.rglob("*.tmp")) and not (out / ".progress").exists()
+    assert not list(out.rglob("*.tmp"))
+    for split in ("train", "val"):
+        for folder in manifest["folders"][split]:
+            files = sorted((out / folder["folder"]).iterdir())
+            assert folder["images"] == len(files) and folder["bytes"] == sum(
+                f.stat().st_size for f in files
+            )
+        for shard in manifest["shards"][split]:
+            assert (out / shard["index"]).stat().st_size == shard["index_bytes"]
 
 
 def test_bad_files_are_reencoded_as_rgb_jpeg_and_grayscale_passes(prepared):
@@ -122,6 +132,20 @@ def test_bad_files_are_reencoded_as_rgb_jpeg_and_grayscale_passes(prepared):
         assert (image.format, image.mode) == ("JPEG", "RGB")
     modes = {Image.open(p).mode for p in out.glob("train/*/*_1.JPEG")}
     assert "L" in modes  # the grayscale image kept as it was
+
+
+def test_an_exif_oriented_image_is_counted_and_kept_as_stored(prepared):
+    out, manifest = prepared
+    name = "ILSVRC2012_val_00000002.JPEG"
+    entry = {"split": "val", "name": name, "orientation": 6}
+    assert manifest["exif_oriented"] == {"count": 1, "images": [entry]}
+    for path in [*out.glob(f"val/*/{name}"), out / "shards" / "val-000000.tar"]:
+        if path.suffix == ".tar":
+            with tarfile.open(path) as tar:
+                path = io.BytesIO(tar.extractfile(name.replace(".JPEG", ".jpg")).read())
+        image = Image.open(path)
+        assert image.size == (SPEC.size, SPEC.size * 3 // 4)  # 4:3 though the set is square
+        assert image.getexif()[ExifTags.Base.Orientation] == 6
 
 
 def test_training_shards_are_globally_shuffled(prepared):
@@ -157,19 +181,24 @@ def test_dali_reads_the_shards_with_their_index_files(prepared):
     assert images.at(0).shape == (SPEC.size, SPEC.size, 3)
 
 
-def test_a_kaggle_layout_and_an_extracted_tree_prepare_alike(prepared, tmp_path):
-    out, manifest = prepared
-    kaggle = tmp_path / "kaggle"
+def kaggle_layout(prepared: Path, manifest: dict, kaggle: Path) -> Path:
+    """The prepared images in Kaggle's ImageNet Object Localization layout."""
     data = kaggle / "ILSVRC" / "Data" / "CLS-LOC"
-    shutil.copytree(out / "train", data / "train")
+    shutil.copytree(prepared / "train", data / "train")
     (data / "val").mkdir(parents=True)
     rows = ["ImageId,PredictionString"]
-    for path in sorted((out / "val").glob("*/*")):
+    for path in sorted((prepared / "val").glob("*/*")):
         shutil.copy(path, data / "val" / path.name)
         rows.append(f"{path.stem},{path.parent.name} 1 2 30 40")
     (kaggle / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     mapping = [f"{c['wnid']} {c['words']}" for c in manifest["classes"]]
     (kaggle / "LOC_synset_mapping.txt").write_text("\n".join(mapping) + "\n")
+    return kaggle
+
+
+def test_a_kaggle_layout_and_an_extracted_tree_prepare_alike(prepared, tmp_path):
+    out, manifest = prepared
+    kaggle = kaggle_layout(out, manifest, tmp_path / "kaggle")
     options = PrepareOptions(("folder",), 1, 48, 0)
     from_kaggle = prepare(kaggle, tmp_path / "from_kaggle", options)
     from_tree = prepare(out, tmp_path / "from_tree", options)  # train/ and val/ of WNID folders
@@ -281,3 +310,165 @@ def test_a_finished_preparation_is_kept_and_other_settings_refused(mini, prepare
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     with pytest.raises(PrepareError, match="already holds a preparation"):
         prepare(mini, out, dataclasses.replace(OPTIONS, shard_size=10))
+
+
+def source_of(layout: str, mini: Path, prepared: tuple[Path, dict], to: Path) -> Path:
+    """A source of the layout at `to`; an extracted tree gets a PNG named .JPEG, as the real
+    train set has, which prepare would re-encode."""
+    out, manifest = prepared
+    to.parent.mkdir(parents=True)
+    if layout == "archives":
+        return copy_archives(mini, to)
+    if layout == "kaggle":
+        return kaggle_layout(out, manifest, to)
+    for split in ("train", "val"):
+        shutil.copytree(out / split, to / split)
+    png = next((to / "train").glob("*/*.JPEG"))
+    Image.open(png).save(png, "PNG")
+    return to
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("layout", ["archives", "tree", "kaggle"])
+@pytest.mark.parametrize("relation", ["same", "out_inside", "source_inside", "symlink"])
+def test_an_out_overlapping_the_source_is_refused_before_anything_is_written(
+    mini, prepared, tmp_path, layout, relation
+):
+    source = source_of(layout, mini, prepared, tmp_path / "parent" / "source")
+    out = {
+        "same": source,
+        "out_inside": source / "prepared",
+        "source_inside": source.parent,
+        "symlink": tmp_path / "link",
+    }[relation]
+    if relation == "symlink":
+        out.symlink_to(source)
+    before = snapshot(tmp_path)
+    with pytest.raises(PrepareError, match="prepare would write into its own source"):
+        prepare(source, out, OPTIONS)
+    assert snapshot(tmp_path) == before
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is pid, from /proc/*/stat."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after "pid (command)"
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("command", ["prepare", "make-mini"])
+def test_workers_die_with_their_killed_parent(mini, tmp_path, command):
+    args = {
+        "prepare": ["prepare", "--source", mini, "--out", tmp_path / "out", "--shard-size", "48"],
+        "make-mini": ["make-mini", tmp_path / "mini", "--train-per-class", "100", "--size", "64"],
+    }[command]
+    process = subprocess.Popen([BN_REPRO, *args, "--workers", "2"], stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        while len(workers) < 2 and process.poll() is None:
+            workers = children(process.pid)
+            time.sleep(0.01)
+        assert process.poll() is None, "finished before it could be killed"
+        process.kill()
+        process.wait()
+        waited = 0
+        while any(alive(pid) for pid in workers) and waited < 100:  # 5 s at most
+            time.sleep(0.05)
+            waited += 1
+        assert not [pid for pid in workers if alive(pid)]
+    finally:
+        for pid in workers:  # leave no worker behind when the test fails
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+class FillingFile(io.FileIO):
+    """A file on a disk with `room` bytes left in all, failing with `error` once they are used."""
+
+    room, error = 0, errno.ENOSPC
+
+    def write(self, data) -> int:
+        if len(data) > FillingFile.room:
+            raise OSError(FillingFile.error, os.strerror(FillingFile.error))
+        FillingFile.room -= len(data)
+        return super().write(data)
+
+
+@pytest.mark.parametrize(
+    "error, room, what_to_do",
+    [
+        (errno.ENOSPC, 60_000, "the disk is full: free space"),  # after two class folders
+        (errno.EROFS, 0, "the file system is read-only: choose an --out you can write to"),
+        (errno.EACCES, 0, "no permission to write there: choose an --out you can write to"),
+    ],
+)
+def test_write_errors_name_the_path_and_what_to_do_and_leave_nothing_half_done(
+    mini, prepared, tmp_path, monkeypatch, error, room, what_to_do
+):
+    out = tmp_path / "out"
+    monkeypatch.setattr(FillingFile, "room", room)
+    monkeypatch.setattr(FillingFile, "error", error)
+    monkeypatch.setattr(units, "_create", lambda path: FillingFile(path, "wb"))
+    with pytest.raises(PrepareError, match=what_to_do) as caught:
+        prepare(mini, out, dataclasses.replace(OPTIONS, workers=1))
+    assert f"{out}/train/" in str(caught.value)  # the unit being written
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+    recorded = {p.name for p in (out / ".progress").glob("unit-*.json")}
+    for folder in out.glob("*/n*"):  # what has its final name is whole, and recorded
+        assert f"unit-folder-{folder.parent.name}-{folder.name}.json" in recorded
+    monkeypatch.undo()
+    prepare(mini, out, OPTIONS)  # then resumes to the same files
+    assert snapshot(out).keys() == snapshot(prepared[0]).keys()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_an_out_that_is_or_lies_under_a_file_is_refused(mini, tmp_path, capsys, where):
+    file = tmp_path / "file"
+    file.write_text("not a folder")
+    out = file if where == "file" else file / "out"
+    assert cli.main(["prepare", "--source", str(mini), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bn-repro prepare: ") and "choose another --out" in error
+    assert str(file) in error and "Traceback" not in error
+
+
+def test_images_cut_short_or_damaged_are_listed_and_nothing_looks_complete(prepared, tmp_path):
+    source = tmp_path / "tree"
+    for split in ("train", "val"):
+        shutil.copytree(prepared[0] / split, source / split)
+    train, val = next((source / "train").glob("*/*")), next((source / "val").glob("*/*"))
+    whole = {path: path.read_bytes() for path in (train, val)}
+    train.write_bytes(whole[train][:-100])  # cut in its image data: the header reads fine
+    val.write_bytes(whole[val][:100])  # cut in its header
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError, match="2 images of the source cannot be decoded") as caught:
+        prepare(source, out, OPTIONS)
+    for path, split in ((train, "train"), (val, "val")):
+        assert f"{split} {path.name} (in {path}): " in str(caught.value)
+        assert f"{split} {path.name} (in {path}): " in (out / "bad-images.txt").read_text()
+        assert not (out / split / path.parent.name).exists()  # its class folder, unfinished
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+    in_shards = {key for split in ("train", "val") for key, _ in shard_records(out, split)}
+    assert in_shards and not {train.stem, val.stem} & in_shards
+    for path, data in whole.items():
+        path.write_bytes(data)
+    manifest = prepare(source, out, OPTIONS)
+    assert manifest["splits"] == {"train": 12 * 16, "val": 12 * 5}
+    assert not (out / "bad-images.txt").exists()

@@ -143,11 +143,13 @@ def train_pipeline(
     size = cfg.image_size
     if cfg.dali_decode is DaliDecode.roi:  # decode only the random crop's region, then resize it
         images = fn.decoders.image_random_crop(
-            jpegs, output_type=types.RGB, **crop, **_decoder(cfg, gpu)
+            jpegs, output_type=types.RGB, adjust_orientation=False, **crop, **_decoder(cfg, gpu)
         )
         images = _resize(images, [size, size], cfg, gpu)
     else:
-        images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder(cfg, gpu))
+        images = fn.decoders.image(
+            jpegs, output_type=types.RGB, adjust_orientation=False, **_decoder(cfg, gpu)
+        )
         images = fn.random_resized_crop(
             images, size=[size, size], **crop, interp_type=types.INTERP_LINEAR, antialias=True
         )
@@ -161,7 +163,9 @@ def val_pipeline(
     cfg: DataConfig, source: dict, rank: int, world_size: int, gpu: bool, shuffle_seed: int
 ):
     jpegs, labels = _read(source, rank, world_size, None, shuffle_seed)
-    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder(cfg, gpu))
+    images = fn.decoders.image(
+        jpegs, output_type=types.RGB, adjust_orientation=False, **_decoder(cfg, gpu)
+    )
     images = _resize(images, [round(cfg.image_size / VAL_CROP_FRACTION)], cfg, gpu)
     size = cfg.image_size
     images = fn.crop(images, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5)

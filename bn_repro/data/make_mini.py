@@ -7,16 +7,16 @@ import io
 import os
 import tarfile
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 from tqdm import tqdm
 
 from bn_repro.data import ilsvrc
 from bn_repro.data.mini_images import class_looks, render
+from bn_repro.data.pool import worker_pool
 
 # Each worker process draws the class looks once, not once per image.
 _looks = functools.lru_cache(maxsize=2)(class_looks)
@@ -48,7 +48,7 @@ def make_mini(out: Path, spec: MiniSpec, workers: int) -> None:
         val_jobs.append((spec, int(c), int(seen[c]), number))
         seen[c] += 1
     total = spec.classes * (spec.train_per_class + spec.val_per_class)
-    with ProcessPoolExecutor(workers) as pool, tqdm(total=total, unit="img") as progress:
+    with worker_pool(workers) as pool, tqdm(total=total, unit="img") as progress:
         class_tars = pool.map(_class_tar, [(spec, c, wnids[c]) for c in range(spec.classes)])
         _write_tar(out / ilsvrc.TRAIN_ARCHIVE, class_tars, progress, spec.train_per_class)
         val_images = pool.map(_val_image, val_jobs, chunksize=64)
@@ -130,12 +130,30 @@ def _class_tar(job) -> tuple[str, bytes]:
     return f"{wnid}.tar", buffer.getvalue()
 
 
+# Validation image 2 is a photo as cameras write one: stored wider than high (4:3 even in a
+# square set) and tagged EXIF orientation 6, "turn 90 degrees clockwise to show". The loaders
+# ignore the tag, as the classic ImageNet recipes do; one that turned it would change its shape.
+ORIENTED_VAL = 2
+
+
 def _val_image(job) -> tuple[str, bytes]:
     spec, c, m, index = job
     rng = np.random.default_rng([spec.seed, 1, c, m])
-    return f"ILSVRC2012_val_{index:08d}.JPEG", _image_bytes(
-        _render(spec, c, rng), None, spec.quality
-    )
+    image = _render(spec, c, rng)
+    name = f"ILSVRC2012_val_{index:08d}.JPEG"
+    if index == ORIENTED_VAL:
+        return name, _oriented_jpeg(image, spec.quality)
+    return name, _image_bytes(image, None, spec.quality)
+
+
+def _oriented_jpeg(image: Image.Image, quality: int) -> bytes:
+    if image.width == image.height:
+        image = image.crop((0, 0, image.width, image.height * 3 // 4))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality, exif=exif)
+    return buffer.getvalue()
 
 
 def _info(name: str, size: int) -> tarfile.TarInfo:

@@ -3,29 +3,27 @@
 
 The work is cut into units (one class folder, or one shard), each written under a temporary name
 and renamed when whole, then recorded in OUT/.progress/; an interrupted run skips the recorded
-units and redoes the rest, so nothing half-written ever looks complete."""
+units and redoes the rest, so nothing half-written ever looks complete. The records stay: a run
+on a finished OUT whose files no longer match its manifest (missing, or of another size) redoes
+the units that wrote them."""
 
-import hashlib
-import io
 import json
-import os
 import random
-import shutil
 import sys
-import tarfile
 from collections import Counter
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from itertools import repeat
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from bn_repro import __version__
+from bn_repro.data.pool import worker_pool
+from bn_repro.data.prepared import Problem, damaged
 from bn_repro.data.sources import PrepareError, Sample, Source, open_source
-from bn_repro.files import write_bytes, write_json
+from bn_repro.data.units import Unit, os_error, write_unit
+from bn_repro.files import write_json
 
 FORMATS = ("folder", "shards")
 
@@ -38,40 +36,97 @@ class PrepareOptions:
     seed: int  # of the training shards' global shuffle
 
 
-@dataclass(frozen=True)
-class Unit:
-    name: str  # e.g. folder/train/n01440764 or shards/train-000012
-    split: str
-    samples: tuple[Sample, ...]
-
-
 def prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
-    """Prepare OUT from the source; a finished OUT with the same settings is left as it is."""
+    """Prepare OUT from the source. A finished OUT with the same settings is left as it is, but
+    for the units whose files are missing or of another size: those are written again."""
+    check_apart(source_path, out)
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out {out} is a file, not a folder: choose another --out")
+    try:
+        return _prepare(source_path, out, options)
+    except OSError as error:
+        raise os_error(error, out) from None
+
+
+def _prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     finished = _finished(out, source_path, options)
     if finished:
         return finished
+    progress = out / ".progress"
+    progress.mkdir(parents=True, exist_ok=True)  # the first write: a bad --out fails here, at once
     source = open_source(source_path)
     check_counts(source)
     classes = sorted({s.wnid for s in source.samples})
-    index = {wnid: i for i, wnid in enumerate(classes)}
     units = plan(source, options)
-    progress = out / ".progress"
-    progress.mkdir(parents=True, exist_ok=True)
     _check_same_plan(progress / "plan.json", source, options, units)
     done = {p.stem: json.loads(p.read_text()) for p in progress.glob("unit-*.json")}
-    todo = [u for u in units if _record_name(u) not in done]
-    bar = tqdm(total=sum(len(u.samples) for u in todo), unit="img", desc=f"prepare {out}")
-    with ProcessPoolExecutor(options.workers) as pool:
-        records = pool.map(write_unit, todo, [out] * len(todo), [index] * len(todo))
-        for unit, record in zip(todo, records, strict=True):
-            write_json(progress / f"{_record_name(unit)}.json", record)
-            done[_record_name(unit)] = record
-            bar.update(len(unit.samples))
-    bar.close()
-    manifest = build_manifest(source, options, classes, [done[_record_name(u)] for u in units])
+    todo = [u for u in units if _record_name(u.name) not in done]
+    written, bad = _write_units(todo, out, classes, options.workers)
+    if bad:
+        raise bad_images_error(out, bad)
+    (out / BAD_IMAGES).unlink(missing_ok=True)  # an earlier run's
+    records = done | written
+    manifest = build_manifest(
+        source, options, classes, [records[_record_name(u.name)] for u in units]
+    )
     write_json(out / "manifest.json", manifest)
-    shutil.rmtree(progress)
     return manifest
+
+
+def _write_units(
+    units: list[Unit], out: Path, classes: list[str], workers: int
+) -> tuple[dict[str, dict], list[dict]]:
+    """Write the units in parallel, recording each whole one in OUT/.progress as it comes: the
+    records by name, and the images found bad."""
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    records, bad = {}, []
+    total = sum(len(u.samples) for u in units)
+    with worker_pool(workers) as pool, tqdm(total=total, unit="img", desc=f"prepare {out}") as bar:
+        for unit, record in zip(
+            units, pool.map(write_unit, units, repeat(out), repeat(index)), strict=True
+        ):
+            bad += record["bad"]
+            if not record["bad"]:
+                records[_record_name(unit.name)] = record
+                write_json(out / ".progress" / f"{_record_name(unit.name)}.json", record)
+            bar.update(len(unit.samples))
+    return records, bad
+
+
+BAD_IMAGES = "bad-images.txt"  # in OUT, while images of the source cannot be decoded
+
+
+def bad_images_error(out: Path, bad: list[dict]) -> PrepareError:
+    """Every image that cannot be decoded, in OUT/bad-images.txt and (the first 20) the error."""
+    unique = {(e["split"], e["name"]): e for e in bad}  # folder and shard units find the same
+    lines = [f"{s} {n} (in {e['source']}): {e['why']}" for (s, n), e in sorted(unique.items())]
+    (out / BAD_IMAGES).write_text("".join(f"{line}\n" for line in lines))
+    more = f"\n  and {len(lines) - 20} more" if len(lines) > 20 else ""
+    return PrepareError(
+        f"{len(lines)} images of the source cannot be decoded (cut short or damaged); all are"
+        f" listed in {out / BAD_IMAGES}:\n  " + "\n  ".join(lines[:20]) + more + "\n"
+        f"{out} holds no manifest, so no loader reads it. Replace these files with whole copies"
+        " (download the source again), then run the same command: it redoes only the class"
+        " folders and shards that hold them"
+    )
+
+
+def check_apart(source: Path, out: Path) -> None:
+    """Refuse an OUT that is, holds or lies inside the source, symbolic links resolved: prepare
+    would write into the source (rewriting its images in place) or read what it writes."""
+    source_real, out_real = source.resolve(), out.resolve()
+    if out_real == source_real:
+        relation = "is"
+    elif out_real.is_relative_to(source_real):
+        relation = "lies inside"
+    elif source_real.is_relative_to(out_real):
+        relation = "holds"
+    else:
+        return
+    raise PrepareError(
+        f"--out {out} {relation} --source {source} ({out_real}, {source_real}): prepare would"
+        " write into its own source. Choose an --out outside the source, and not above it"
+    )
 
 
 def check_counts(source: Source) -> None:
@@ -126,91 +181,20 @@ def plan(source: Source, options: PrepareOptions) -> list[Unit]:
     return units
 
 
-def write_unit(unit: Unit, out: Path, index: dict[str, int]) -> dict:
-    """Write one unit (in a worker process), one image in memory at a time; its record."""
-    reencoded = []
-
-    def images():
-        for sample in unit.samples:
-            data, was = clean_jpeg(sample)
-            if was:
-                reencoded.append({"split": sample.split, "name": sample.name, "was": was})
-            yield sample, data
-
-    if unit.name.startswith("folder/"):
-        for sample, data in images():
-            write_bytes(out / unit.name.removeprefix("folder/") / sample.name, data)
-        written = {}
-    else:
-        written = write_shard(out / f"{unit.name}.tar", images(), index)
-    classes = dict(Counter(s.wnid for s in unit.samples))
+def _written(records: list[dict], kind: str, fields: tuple[str, ...]) -> dict[str, list[dict]]:
+    """What the units of a kind (folder, shards) wrote, by split, in unit order."""
     return {
-        "unit": unit.name,
-        "split": unit.split,
-        "classes": classes,
-        "reencoded": reencoded,
-    } | written
-
-
-def clean_jpeg(sample: Sample) -> tuple[bytes, str | None]:
-    """The image's bytes as they are, unless it is one of the known bad files of the real train
-    set (a PNG named .JPEG, a CMYK JPEG): those become RGB JPEGs. Grayscale JPEGs pass."""
-    data = sample.read()
-    try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
-    except UnidentifiedImageError:
-        raise PrepareError(f"{sample.path}: {sample.name} is not an image") from None
-    if image.format == "JPEG" and image.mode in ("RGB", "L"):
-        return data, None
-    was = f"{image.mode} JPEG" if image.format == "JPEG" else f"{image.format} named {sample.name}"
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=95)
-    return buffer.getvalue(), was
-
-
-def write_shard(path: Path, images: Iterable[tuple[Sample, bytes]], index: dict[str, int]) -> dict:
-    """A webdataset shard of <key>.jpg (the JPEG bytes), <key>.cls (the class index as text, the
-    webdataset convention) and <key>.label (int64 little-endian, for DALI's typed reader), with
-    its DALI index file (format v1.2, as DALI's wds2idx writes it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    lines = []
-    with tarfile.open(temporary, "w", format=tarfile.GNU_FORMAT) as tar:
-        for sample, data in images:
-            key = sample.name.split(".")[0]  # no dots: webdataset and DALI split at the first
-            label = index[sample.wnid]
-            parts = []
-            for extension, payload in (
-                ("jpg", data),
-                ("cls", str(label).encode()),
-                ("label", label.to_bytes(8, "little", signed=True)),
-            ):
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size, info.mtime, info.mode = len(payload), 0, 0o644
-                offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
-                tar.addfile(info, io.BytesIO(payload))
-                parts.append(f"{extension} {offset} {len(payload)} {info.name}")
-            lines.append(" ".join(parts))
-    index_path = path.with_suffix(".idx")
-    write_bytes(
-        index_path, "".join(f"{line}\n" for line in [f"v1.2 {len(lines)}", *lines]).encode()
-    )
-    digest = hashlib.sha256()
-    with open(temporary, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    os.replace(temporary, path)  # last: a shard that exists is whole, and so is its index
-    return {
-        "file": str(Path(path.parent.name) / path.name),
-        "index": str(Path(index_path.parent.name) / index_path.name),
-        "images": len(lines),
-        "bytes": path.stat().st_size,
-        "sha256": digest.hexdigest(),
+        split: [
+            {k: r[k] for k in fields}
+            for r in records
+            if r["unit"].startswith(f"{kind}/") and r["split"] == split
+        ]
+        for split in ("train", "val")
     }
 
 
-def _record_name(unit: Unit) -> str:
-    return "unit-" + unit.name.replace("/", "-")
+def _record_name(unit: str) -> str:
+    return "unit-" + unit.replace("/", "-")
 
 
 def _finished(out: Path, source_path: Path, options: PrepareOptions) -> dict | None:
@@ -225,7 +209,23 @@ def _finished(out: Path, source_path: Path, options: PrepareOptions) -> dict | N
             f" {manifest['formats']}, shard size {manifest['shard_size']} and seed"
             f" {manifest['shuffle_seed']}: prepare into another --out"
         )
-    return manifest
+    problems = damaged(out, manifest)
+    if not problems:
+        return manifest
+    _forget(out, problems)
+    return None
+
+
+def _forget(out: Path, problems: list[Problem]) -> None:
+    """Make OUT unfinished again, forgetting the units that wrote the damaged files (the others
+    stay recorded as done), so that the run redoes those."""
+    listed = "\n  ".join(map(str, problems))
+    print(f"{out} no longer matches its manifest, preparing again:\n  {listed}", file=sys.stderr)
+    (out / "manifest.json").unlink()  # first: nothing looks complete until the repair is
+    for problem in problems:
+        kind, name = problem.path.parent.name, problem.path.name  # shards, or the split
+        unit = f"shards/{name.rsplit('.', 1)[0]}" if kind == "shards" else f"folder/{kind}/{name}"
+        (out / ".progress" / f"{_record_name(unit)}.json").unlink(missing_ok=True)
 
 
 def _check_same_plan(
@@ -252,6 +252,7 @@ def build_manifest(
     counts = {split: Counter() for split in ("train", "val")}
     # folder and shard units re-encode the same files: list each once
     reencoded = {(e["split"], e["name"]): e for r in records for e in r["reencoded"]}
+    oriented = {(e["split"], e["name"]): e for r in records for e in r["exif_oriented"]}
     for record in records:
         if record["unit"].startswith(f"{options.formats[0]}/"):  # each image once
             counts[record["split"]].update(record["classes"])
@@ -274,13 +275,17 @@ def build_manifest(
             }
             for i, wnid in enumerate(classes)
         ],
-        "shards": {
-            split: [
-                {k: r[k] for k in ("file", "index", "images", "bytes", "sha256")}
-                for r in records
-                if r["unit"].startswith("shards/") and r["split"] == split
-            ]
-            for split in ("train", "val")
-        },
+        "folders": _written(records, "folder", ("folder", "images", "bytes", "sha256")),
+        "shards": _written(
+            records,
+            "shards",
+            ("file", "index", "images", "bytes", "sha256", "index_bytes", "index_sha256"),
+        ),
         "reencoded": [reencoded[key] for key in sorted(reencoded)],
+        # stored turned, to be shown turned by the tag, which both loaders ignore as ImageNet's
+        # recipes do: kept as they are, counted here
+        "exif_oriented": {
+            "count": len(oriented),
+            "images": [oriented[key] for key in sorted(oriented)],
+        },
     }
