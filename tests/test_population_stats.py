@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bn_repro.models.population_stats import recompute_population_stats
+from bn_repro.models.population_stats import population_statistics, recompute_population_stats
 from tests.helpers import model_of
 
 
@@ -57,3 +57,26 @@ def test_without_batches_the_previous_statistics_are_kept():
 def test_networks_without_bn_are_left_alone():
     model = model_of("inception", num_classes=10)
     assert recompute_population_stats(model, iter([torch.randn(2, 3, 32, 32)]), 1) == 0
+
+
+def test_dropout_is_off_while_the_statistics_are_recomputed():
+    model = nn.Sequential(nn.Dropout(0.5), nn.BatchNorm1d(4))
+    batches = [torch.randn(64, 4) * 3 + 2 for _ in range(2)]
+    recompute_population_stats(model, iter(batches), num_batches=2)
+    means = torch.stack([x.mean(0) for x in batches]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, means)  # the inputs themselves
+    assert model.training and model[0].training  # modes as they were
+
+
+def test_population_statistics_hold_within_the_block_and_the_running_ones_come_back():
+    model = nn.Sequential(nn.BatchNorm1d(3))
+    model.train()(torch.randn(16, 3) + 5)
+    running = model[0].running_mean.clone()
+    batches = [torch.randn(16, 3) - 4 for _ in range(3)]
+    halved = []
+    with population_statistics(model, iter(batches), 3, lambda m: halved.append(m)) as used:
+        assert used == 3 and halved == [model]  # combined (over ranks) once
+        torch.testing.assert_close(
+            model[0].running_mean, torch.stack([x.mean(0) for x in batches]).mean(0)
+        )
+    torch.testing.assert_close(model[0].running_mean, running)

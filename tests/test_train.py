@@ -265,3 +265,31 @@ def test_a_sweep_under_torchrun_sets_up_a_group_per_job(tmp_path):
     assert result.returncode == 0, result.stderr
     for seed in range(3):
         assert summary(tmp_path / f"seed{seed}")["status"] == "finished"
+
+
+def test_two_ranks_of_the_papers_bn_batch_end_with_an_algorithm_2_evaluation(tmp_path):
+    run_dir = tmp_path / "run"
+    papers = ("experiment=bn_x5", "trainer.batch_per_rank=32", "trainer.max_paper_steps=8")
+    result = train(run_dir, *papers, "trainer.eval_every_paper_steps=4", ranks=2)
+    assert result.returncode == 0, result.stderr
+    hparams = json.loads((run_dir / "effective_hparams.json").read_text())
+    assert (hparams["batch_per_rank"], hparams["global_batch"]) == (32, 64)
+    assert hparams["lr"] == pytest.approx(0.0075 * 2)  # linear scaling from 32 to 64 images
+    evals = [r for r in read_metrics(run_dir) if r["kind"] == "eval"]
+    assert [(r["paper_steps"], r["bn_stats"]) for r in evals] == [
+        (4, "running"),
+        (8, "running"),
+        (8, "population"),
+    ]
+    assert evals[-1]["count"] == 101  # every validation image once over the two ranks
+    done = summary(run_dir)
+    assert (done["final_bn_stats"], done["final_top1"]) == ("population", evals[-1]["top1"])
+    assert done["batch_per_rank"] == 32 and done["global_batch"] == 64
+
+
+def test_a_finished_run_started_again_evaluates_nothing_more(uninterrupted):
+    before = read_metrics(uninterrupted)
+    result = train(uninterrupted, "experiment=bn_baseline")
+    assert result.returncode == 0, result.stderr
+    assert read_metrics(uninterrupted) == before  # Algorithm 2's record is there already
+    assert summary(uninterrupted)["final_bn_stats"] == "population"
