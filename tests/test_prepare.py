@@ -181,6 +181,26 @@ def test_dali_reads_the_shards_with_their_index_files(prepared):
     assert images.at(0).shape == (SPEC.size, SPEC.size, 3)
 
 
+def test_webdataset_reads_every_shard_and_label(prepared):
+    import webdataset
+
+    out, manifest = prepared
+    index = {c["wnid"]: c["index"] for c in manifest["classes"]}
+    for split in ("train", "val"):
+        expected = {
+            Path(name).stem: index[wnid] for name, wnid in folder_labels(out, split).items()
+        }
+        shards = [str(out / s["file"]) for s in manifest["shards"][split]]
+        found = {}
+        for sample in webdataset.WebDataset(shards, shardshuffle=False):
+            label = int(sample["cls"])
+            assert int.from_bytes(sample["label"], "little", signed=True) == label
+            with Image.open(io.BytesIO(sample["jpg"])) as image:
+                assert image.format == "JPEG"
+            found[sample["__key__"]] = label
+        assert found == expected, split  # every image once, with its folder's class
+
+
 def kaggle_layout(prepared: Path, manifest: dict, kaggle: Path) -> Path:
     """The prepared images in Kaggle's ImageNet Object Localization layout."""
     data = kaggle / "ILSVRC" / "Data" / "CLS-LOC"
