@@ -204,10 +204,16 @@ class TrainerConfig:
 
 
 @dataclass
+class PathsConfig:
+    imagenet: str | None = MISSING  # where `bn-repro prepare` wrote ILSVRC2012, on this machine
+
+
+@dataclass
 class RunConfig:
     name: str = MISSING
     seed: int = MISSING
     run_dir: str = not_empty()  # an empty one would train into the current directory
+    paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)

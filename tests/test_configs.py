@@ -1,10 +1,14 @@
 """Every experiment composes, and each differs from its neighbour in the keys the paper names."""
 
 import math
+import shutil
 
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
+from bn_repro import compose as compose_module
 from bn_repro import paper
 from bn_repro.compose import compose, experiments, sweep_jobs, to_object
 from bn_repro.hparams import effective_hparams, lr_scale
@@ -140,3 +144,30 @@ def test_the_lr_preset_crosses_multipliers_with_and_without_bn_in_their_own_dire
     assert {1, 5, 30} <= {multiplier for _, multiplier in grid}
     assert grid == {(norm, m) for norm in ("none", "batchnorm") for _, m in grid}
     assert len({r.run_dir for r in runs}) == len(runs) == len(grid)
+
+
+def test_a_machines_local_config_applies_to_every_run(tmp_path, monkeypatch):
+    configs = tmp_path / "configs"
+    shutil.copytree(compose_module.CONFIG_DIR, configs)
+    (configs / "local").mkdir(exist_ok=True)
+    (configs / "local" / "default.yaml").write_text(LOCAL)
+    monkeypatch.setattr(compose_module, "CONFIG_DIR", configs)
+    assert compose(["experiment=bn_x5"]).data.root == "/shared/ilsvrc2012-prepared"
+    assert compose(["experiment=bn_x5", "data=mini"]).data.root == "data/mini/prepared"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        launcher = hydra_compose("train", ["experiment=bn_x5"], return_hydra_config=True)
+    assert launcher.hydra.launcher.partition == "gpu"
+    assert launcher.hydra.launcher.gpus_per_node == 4
+
+
+LOCAL = """\
+# @package _global_
+defaults:
+  - override /hydra/launcher: slurm
+paths:
+  imagenet: /shared/ilsvrc2012-prepared
+hydra:
+  launcher:
+    partition: gpu
+    gpus_per_node: 4
+"""
