@@ -1,18 +1,168 @@
-"""A run keeps its records when a file goes missing under it, leaves no half-written checkpoint
-and no foreign one in its way, and names the file that a full disk stopped."""
+"""A run owns its run_dir while it runs (train.lock), keeps its records when a file goes missing
+under it, leaves no half-written checkpoint and no foreign one in its way, and says in a sentence
+what the file system refused."""
 
 import errno
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from bn_repro.errors import explain_os_error
-from bn_repro.train import checkpoint
+from bn_repro.files import write_json
+from bn_repro.train import checkpoint, lock
 from bn_repro.train.checkpoint import CheckpointError, checkpoints, load_latest, save
+from bn_repro.train.lock import LOCK_NAME, STALE_AFTER_S, Holder, RunDirBusy, acquire
 from bn_repro.train.records import Records, read_metrics
+from tests.helpers import BIN, TINY
+
+HOLD = (
+    "import sys, time; from pathlib import Path; from bn_repro.train.lock import acquire;"
+    " acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)"
+)
+# A process that holds the lock file's lock but writes no record in it.
+LOCK_ONLY = (
+    "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+    " fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)"
+)
+
+
+def start_holding(script: str, path: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", script, path], stdout=subprocess.PIPE)
+    assert process.stdout.readline() == b"held\n"
+    return process
+
+
+def wait_until(condition: Callable[[], bool], limit_s: float = 30) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"still not so after {limit_s} s"
+        time.sleep(0.01)
+
+
+def test_a_run_dir_is_refused_while_its_holder_lives_and_taken_once_it_died(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run_dir = tmp_path / "run"
+    holding = start_holding(HOLD, run_dir)
+    try:
+        with pytest.raises(RunDirBusy) as refused:
+            acquire(run_dir)
+        said = str(refused.value)
+        assert f"{run_dir} is in use by another training" in said
+        assert f"host {socket.gethostname()}, pid {holding.pid}, no SLURM job, since" in said
+        assert "give this run its own run_dir=PATH" in said and str(run_dir / LOCK_NAME) in said
+    finally:
+        holding.kill()  # as a crash or a node's end: no chance to give the run_dir up
+        holding.wait()
+    assert (run_dir / LOCK_NAME).exists()
+    acquire(run_dir).release()
+    assert not (run_dir / LOCK_NAME).exists()
+
+
+def test_a_lock_held_without_a_record_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock, "RECORD_WAIT_S", 0.2)
+    tmp_path.mkdir(exist_ok=True)
+    holding = start_holding(LOCK_ONLY, tmp_path / LOCK_NAME)
+    try:
+        with pytest.raises(RunDirBusy, match="has written no record of itself"):
+            acquire(tmp_path)
+    finally:
+        holding.kill()
+        holding.wait()
+    acquire(tmp_path).release()
+
+
+def a_finished_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+# Holders as the lock file records them, on file systems without locks, where the record alone
+# decides: whether this start takes the run_dir over.
+ELSEWHERE = {"host": "node-elsewhere", "pid": 4242, "pid_start": None, "slurm_job": None}
+HOLDERS = {
+    "here, its process gone": (lambda: {"pid": a_finished_pid(), "pid_start": None}, True),
+    "here, its process alive": (
+        lambda: {"pid": os.getppid(), "pid_start": lock.process_start(os.getppid())},
+        False,
+    ),
+    "here, its pid now another process's": (
+        lambda: {"pid": os.getppid(), "pid_start": lock.process_start(os.getppid()) + 1},
+        True,
+    ),
+    "elsewhere, beating": (lambda: {**ELSEWHERE, "heartbeat": time.time() - 5}, False),
+    "elsewhere, no heartbeat for too long": (
+        lambda: {**ELSEWHERE, "heartbeat": time.time() - STALE_AFTER_S - 1},
+        True,
+    ),
+    "elsewhere, this SLURM job before its requeue": (
+        lambda: {**ELSEWHERE, "slurm_job": "77", "slurm_restarts": 0},
+        True,
+    ),
+    "elsewhere, this SLURM job, not requeued": (
+        lambda: {**ELSEWHERE, "slurm_job": "77", "slurm_restarts": 1},
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOLDERS)
+def test_without_file_locks_the_record_says_whether_the_holder_lives(tmp_path, monkeypatch, case):
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "lockf", no_locks)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    changes, taken = HOLDERS[case]
+    theirs = replace(Holder.this_process(), token="theirs", **changes())
+    write_json(tmp_path / LOCK_NAME, asdict(theirs))
+    if taken:
+        held = acquire(tmp_path)
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+        held.release()
+    else:
+        with pytest.raises(RunDirBusy, match=f"host {theirs.host}, pid {theirs.pid}, "):
+            acquire(tmp_path)
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["token"] == "theirs"
+
+
+def test_the_holder_beats_and_writes_its_lock_file_again_if_removed(tmp_path):
+    held = acquire(tmp_path, heartbeat_s=0.01)
+    path = tmp_path / LOCK_NAME
+
+    def heartbeat() -> float:
+        try:
+            return json.loads(path.read_text())["heartbeat"]
+        except (OSError, ValueError):
+            return 0.0
+
+    try:
+        first = heartbeat()
+        wait_until(lambda: heartbeat() > first)
+        path.unlink()
+        wait_until(lambda: heartbeat() > 0)
+    finally:
+        held.release()
+    assert not path.exists()
+
+
+def test_one_process_takes_a_run_dir_again_once_given_up_but_never_twice(tmp_path):
+    # A Hydra sweep runs its jobs one after another in one process.
+    held = acquire(tmp_path)
+    with pytest.raises(RunDirBusy, match="in use by an earlier run of this same process"):
+        acquire(tmp_path)
+    held.release()
+    acquire(tmp_path).release()
 
 
 def train_record(step: int) -> dict:
@@ -160,3 +310,64 @@ def test_a_checkpoint_that_finds_the_disk_full_leaves_the_older_ones_whole(
     assert failed.value.errno == errno.ENOSPC
     assert failed.value.filename == str(tmp_path / "checkpoints" / "step_0000000020.pt.tmp")
     assert (tmp_path / "checkpoints" / "step_0000000010.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("run_dir=", "run_dir"), ("data.synthetic.val_size=0", "data.synthetic.val_size")],
+)
+def test_an_empty_run_dir_or_no_validation_images_is_refused_before_anything_is_written(
+    tmp_path, override, key
+):
+    result = subprocess.run(
+        [BIN / "bn-repro", "train", "experiment=bn_x5", "data=synthetic", override],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"bn-repro train: {key} ")
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def train_command(run_dir: Path, *overrides: str) -> list:
+    return [BIN / "bn-repro", "train", *TINY, f"run_dir={run_dir}", *overrides]
+
+
+def run(command: list, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_run_dir_that_cannot_be_written_is_said_so_and_a_sweep_goes_on(tmp_path):
+    (tmp_path / "seed0").write_text("a file where a run_dir would be")
+    swept = run(
+        [
+            BIN / "bn-repro",
+            "train",
+            "-m",
+            *TINY,
+            "experiment=bn_x5",
+            "trainer.max_paper_steps=2.5",
+            "seed=0,1",
+            f"run_dir={tmp_path}/seed${{seed}}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        tmp_path,
+    )
+    assert swept.returncode == 0, swept.stderr
+    assert f"bn-repro train: {tmp_path}/seed0: " in swept.stderr
+    assert "(something is already there: remove it, or choose another path)" in swept.stderr
+    assert "Traceback" not in swept.stderr
+    assert summary(tmp_path / "seed1")["status"] == "finished"
+
+    one = run(train_command(tmp_path / "seed0" / "run", "experiment=bn_x5"), tmp_path)
+    assert one.returncode == 2
+    assert f"bn-repro train: {tmp_path}/seed0/run: " in one.stderr
+    assert "(a part of the path is a file, not a folder: choose another path)" in one.stderr
+    assert "Traceback" not in one.stderr

@@ -3,6 +3,8 @@
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -15,10 +17,11 @@ from torch.nn.parallel import DistributedDataParallel
 from bn_repro import paper
 from bn_repro.compose import CONFIG_DIR, register, to_object, validate
 from bn_repro.data import build_data
+from bn_repro.errors import UserError, explain_os_error
 from bn_repro.hparams import effective_hparams, recipe
 from bn_repro.models import build_model
 from bn_repro.schema import ConfigError, Norm, Precision, RunConfig
-from bn_repro.train import checkpoint
+from bn_repro.train import checkpoint, lock
 from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.environment import record_start
 from bn_repro.train.loop import Compute, Plan, Progress, Trainer, stop_on_signals
@@ -37,7 +40,7 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
     """Train one run to its end, resuming from run_dir if it holds checkpoints, or until a signal
     arrives in stop_signal (stop_on_signals fills it); the summary."""
     run_dir = Path(cfg.run_dir)
-    with distributed(cfg.trainer.device) as dist:
+    with distributed(cfg.trainer.device) as dist, owning(run_dir, dist):
         setup_logging(run_dir, dist.rank)
         trainer, progress = build_trainer(cfg, dist, stop_signal)
         log.info(
@@ -54,6 +57,28 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
         trainer.records.close()
         log.info("%s: %s", run_dir, status)
     return summary
+
+
+@contextmanager
+def owning(run_dir: Path, dist: Dist) -> Iterator[None]:
+    """Rank 0 takes run_dir for this run until it ends (lock.py), before anything is written
+    there; every rank stops with rank 0's reason if it cannot: another training owns it, or the
+    path cannot be written."""
+    held, refusal = None, None
+    if dist.is_main:
+        try:
+            held = lock.acquire(run_dir)
+        except (UserError, OSError) as error:
+            refusal = error
+    shared = [refusal]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    if shared[0] is not None:
+        raise shared[0]
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release()
 
 
 def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Trainer, Progress]:
@@ -237,8 +262,9 @@ def hydra_main(cfg: DictConfig) -> None:
         validate(cfg)
         with stop_on_signals(stops):
             summary = train(to_object(cfg), stops)
-    except ConfigError as error:
-        print(f"bn-repro train: {error}", file=sys.stderr)
+    except (UserError, OSError) as error:
+        message = explain_os_error(error) if isinstance(error, OSError) else error
+        print(f"bn-repro train: {message}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return  # this job fails; the sweep's other jobs go on
         sys.exit(2)
