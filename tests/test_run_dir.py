@@ -5,6 +5,7 @@ what the file system refused."""
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,9 +22,11 @@ from bn_repro.files import write_json
 from bn_repro.train import checkpoint, lock
 from bn_repro.train.checkpoint import CheckpointError, checkpoints, load_latest, save
 from bn_repro.train.lock import LOCK_NAME, STALE_AFTER_S, Holder, RunDirBusy, acquire
+from bn_repro.train.loop import PREEMPTED, STOPPED, stop_code, stop_on_signals
 from bn_repro.train.records import Records, read_metrics
 from tests.helpers import BIN, TINY
 
+# A process that takes a run_dir and keeps it until killed.
 HOLD = (
     "import sys, time; from pathlib import Path; from bn_repro.train.lock import acquire;"
     " acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)"
@@ -331,6 +334,20 @@ def test_an_empty_run_dir_or_no_validation_images_is_refused_before_anything_is_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_asks_for_a_stop_and_a_second_one_interrupts_at_once():
+    received = []
+    with stop_on_signals(received):
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_until(lambda: received == [signal.SIGINT])
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            wait_until(lambda: False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # a Ctrl-C on any rank stops the run for good, even where another signal asks for a requeue
+    assert stop_code([]) == 0 and stop_code([signal.SIGTERM]) == PREEMPTED
+    assert stop_code([signal.SIGUSR2, signal.SIGINT]) == STOPPED > PREEMPTED
+
+
 def train_command(run_dir: Path, *overrides: str) -> list:
     return [BIN / "bn-repro", "train", *TINY, f"run_dir={run_dir}", *overrides]
 
@@ -341,6 +358,38 @@ def run(command: list, cwd: Path) -> subprocess.CompletedProcess:
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_second_training_in_a_run_dir_is_refused_and_ctrl_c_stops_the_first_resumably(
+    tmp_path,
+):
+    run_dir = tmp_path / "run"
+    endless = ("experiment=bn_x5", "trainer.max_paper_steps=1e6")
+    first = subprocess.Popen(
+        train_command(run_dir, *endless), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    wait_until(lambda: read_metrics(run_dir) or first.poll() is not None, limit_s=600)
+    second = run(train_command(run_dir, *endless), tmp_path)
+    assert second.returncode == 2, second.stderr
+    holder = f"host {socket.gethostname()}, pid {first.pid}, "
+    assert f"bn-repro train: {run_dir} is in use by another training: {holder}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert len(json.loads((run_dir / "environment.json").read_text())) == 1  # the first's start
+
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 130, stderr
+    assert "the same command resumes the run" in stderr and "Traceback" not in stderr
+    stopped = summary(run_dir)
+    assert stopped["status"] == "stopped"
+    assert checkpoints(run_dir)[-1].name == f"step_{stopped['step']:010d}.pt"
+    assert not (run_dir / LOCK_NAME).exists()
+
+    resumed = run(train_command(run_dir, "experiment=bn_x5", "trainer.max_paper_steps=1"), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at optimizer step {stopped['step']}" in resumed.stderr
+    assert summary(run_dir)["status"] == "finished"
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from bn_repro.train.environment import record_start
 from bn_repro.train.loop import Compute, Plan, Progress, Trainer, stop_on_signals
 from bn_repro.train.optim import build_optimizer
 from bn_repro.train.records import Records, setup_logging
-from bn_repro.train.requeue import ask_to_be_requeued
+from bn_repro.train.requeue import INTERRUPTED_EXIT_CODE, ask_to_be_requeued, exit_stopped
 from bn_repro.train.schedule import schedule_table
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
             trainer.records.write_file("summary.json", summary)
         trainer.records.close()
         log.info("%s: %s", run_dir, status)
+        if status == "stopped":
+            log.info("stopped on Ctrl-C with a checkpoint: the same command resumes the run")
     return summary
 
 
@@ -71,10 +73,10 @@ def owning(run_dir: Path, dist: Dist) -> Iterator[None]:
         except (UserError, OSError) as error:
             refusal = error
     shared = [refusal]
-    torch.distributed.broadcast_object_list(shared, src=0)
-    if shared[0] is not None:
-        raise shared[0]
     try:
+        torch.distributed.broadcast_object_list(shared, src=0)
+        if shared[0] is not None:
+            raise shared[0]
         yield
     finally:
         if held is not None:
@@ -268,5 +270,13 @@ def hydra_main(cfg: DictConfig) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return  # this job fails; the sweep's other jobs go on
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, no checkpoint
+        print(
+            "bn-repro train: interrupted; the same command resumes from the last checkpoint",
+            file=sys.stderr,
+        )
+        sys.exit(INTERRUPTED_EXIT_CODE)
     if summary["status"] == "preempted":
         ask_to_be_requeued(stops)
+    elif summary["status"] == "stopped":
+        exit_stopped()
