@@ -265,6 +265,8 @@ def hydra_main(cfg: DictConfig) -> None:
         with stop_on_signals(stops):
             summary = train(to_object(cfg), stops)
     except (UserError, OSError) as error:
+        if isinstance(error, OSError) and error.filename is None:
+            raise  # no path the user could fix: the traceback says where it came from
         message = explain_os_error(error) if isinstance(error, OSError) else error
         print(f"bn-repro train: {message}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
