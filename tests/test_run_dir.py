@@ -353,7 +353,8 @@ def train_command(run_dir: Path, *overrides: str) -> list:
 
 
 def run(command: list, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    # a limit, so that a start that should have been refused and trains instead fails the test
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
 def summary(run_dir: Path) -> dict:
