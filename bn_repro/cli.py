@@ -209,9 +209,14 @@ def train(overrides: list[str]) -> int:
 
     if not any(arg.startswith("-") for arg in overrides):  # one run, no Hydra flags (-m, --cfg)
         try:  # the errors describe gives, before Hydra resolves anything or torch is imported
-            compose(overrides)
+            run_dir = Path(compose(overrides).run_dir)
+            # Hydra makes its run dir, the run_dir, before the trainer runs: say here why not
+            run_dir.mkdir(parents=True, exist_ok=True)
         except UserError as error:
             print(f"bn-repro train: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:
+            print(f"bn-repro train: {explain_os_error(error)}", file=sys.stderr)
             return 2
     register()
     from bn_repro.train.main import hydra_main  # torch.distributed and friends, only to train

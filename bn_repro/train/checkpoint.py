@@ -1,61 +1,119 @@
-"""Checkpoints: written atomically by rank 0, the last few kept, loaded as plain data only."""
+"""Checkpoints: written atomically by rank 0, the last few kept, loaded as plain data only.
+
+Only the trainer's own names, step_<10 digits>.pt, are checkpoints; any other file in
+checkpoints/ (a copy, an editor's backup, a best.pt someone adds) is left alone."""
 
 import logging
 import os
+import pickle
+import re
+from contextlib import suppress
 from pathlib import Path
 
 import torch
 
+from bn_repro.errors import UserError, explain_os_error
+from bn_repro.files import naming
+
 log = logging.getLogger(__name__)
+
+NAME = re.compile(r"step_\d{10}\.pt")
+TEMPORARY = re.compile(r"step_\d{10}\.pt\.tmp")  # a save under way, or one killed
+# What save() puts in every checkpoint, beside the caller's extras.
+PAYLOAD_KEYS = {"model", "optimizer", "progress", "rng", "loader", "config"}
+
+
+class CheckpointError(UserError):
+    pass
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def _step_of(path: Path) -> int:
-    return int(path.stem.removeprefix("step_"))
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:010d}.pt"
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first; a temporary file from a killed save is not one."""
-    return sorted(checkpoint_dir(run_dir).glob("step_*.pt"), key=_step_of)
+    """The trainer's checkpoints, oldest first; a temporary file of a save that did not finish
+    is not one, nor any file the trainer did not name."""
+    directory = checkpoint_dir(run_dir)
+    if not directory.is_dir():
+        return []
+    own = [path for path in directory.iterdir() if NAME.fullmatch(path.name) and path.is_file()]
+    return sorted(own)  # ten digits: in the order of their steps
+
+
+def strangers(run_dir: Path) -> list[Path]:
+    """The files in checkpoints/ that are neither the trainer's checkpoints nor temporaries."""
+    directory = checkpoint_dir(run_dir)
+    if not directory.is_dir():
+        return []
+    own = (NAME, TEMPORARY)
+    return sorted(p for p in directory.iterdir() if not any(n.fullmatch(p.name) for n in own))
 
 
 def save(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
+    """Write the checkpoint under a temporary name, then rename it: a reader, or a resume after
+    a crash or a full disk, sees the older checkpoints or the new one whole. The older ones go
+    only once the new one is complete; a save that fails leaves no temporary file."""
     directory = checkpoint_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"step_{step:010d}.pt"
+    path = directory / checkpoint_name(step)
     temporary = path.with_suffix(".pt.tmp")
-    with temporary.open("wb") as file:
-        torch.save(payload, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)  # atomic: a reader sees the old set or the new file, whole
+    try:
+        with naming(temporary), temporary.open("wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())  # NFS reports a full disk here, if not before
+        os.replace(temporary, path)
+    except BaseException:
+        with suppress(OSError):
+            temporary.unlink()
+        raise
     for old in checkpoints(run_dir)[:-keep]:
         old.unlink()
+    for unfinished in directory.iterdir():  # of saves killed before: this run owns run_dir
+        if TEMPORARY.fullmatch(unfinished.name):
+            unfinished.unlink()
     return path
 
 
 def load_latest(run_dir: Path) -> dict | None:
-    """The newest readable checkpoint, or None for a fresh run. Only tensors and plain data are
-    accepted (weights_only); an unreadable file is reported and the one before it is tried."""
-    found = checkpoints(run_dir)
+    """The newest checkpoint that reads as one of this trainer's, or None for a fresh run; one
+    that does not is reported in a warning and the one before it tried. Only tensors and plain
+    data are read (weights_only), never code a file holds."""
+    if strangers(run_dir):
+        names = ", ".join(path.name for path in strangers(run_dir))
+        log.info("left alone in %s (not named by this trainer): %s", checkpoint_dir(run_dir), names)
+    found, problems = checkpoints(run_dir), []
     for path in reversed(found):
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any failure to read means: try an older one
-            log.warning("checkpoint %s is unreadable (%s); trying the one before it", path, error)
-            continue
-        log.info("resuming from %s", path)
-        return payload
+        payload, problem = read(path)
+        if problem is None:
+            log.info("resuming from %s", path)
+            return payload
+        log.warning("checkpoint %s %s; trying the one before it", path, problem)
+        problems.append(f"{path.name} {problem}")
     if found:
         raise CheckpointError(
-            f"none of the {len(found)} checkpoints in {checkpoint_dir(run_dir)} can be read;"
-            " move them away to train this run_dir from the start"
+            f"none of the {len(found)} checkpoints in {checkpoint_dir(run_dir)} can be resumed"
+            f" from ({'; '.join(problems)}): move them away to train this run_dir from the start"
         )
     return None
 
 
-class CheckpointError(RuntimeError):
-    pass
+def read(path: Path) -> tuple[dict | None, str | None]:
+    """A checkpoint's payload, or None and why it is not one of this trainer's."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        return None, f"cannot be read: {explain_os_error(error)}"
+    except pickle.UnpicklingError:
+        # torch's message would advise weights_only=False: running whatever the file holds
+        return None, "holds more than tensors and plain data: not a checkpoint of this trainer"
+    except Exception:  # noqa: BLE001 - a zip cut short or damaged: each fails in its own way
+        return None, "is damaged or cut short"
+    if not isinstance(payload, dict) or not payload.keys() >= PAYLOAD_KEYS:
+        return None, "holds no trainer state: not a checkpoint of this trainer"
+    return payload, None

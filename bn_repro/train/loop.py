@@ -3,6 +3,7 @@ paper's steps of paper.BATCH_SIZE images. It never sees the config: train() pass
 
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -28,6 +29,11 @@ from bn_repro.train.records import Records
 from bn_repro.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
+
+# How a stop signal ends a run. Ranks that got different ones agree on the larger (agree): a
+# user's Ctrl-C stops for good a run that a preemption alone would have had requeued.
+PREEMPTED, STOPPED = 1, 2
+STOP_STATUS = {PREEMPTED: "preempted", STOPPED: "stopped"}
 
 
 @dataclass
@@ -146,7 +152,8 @@ class Trainer:
     batches: Iterator | None = field(init=False, default=None)  # the training stream (stream)
 
     def fit(self, progress: Progress) -> str:
-        """Train to the planned length; returns finished, diverged or preempted."""
+        """Train to the planned length; returns finished, diverged, or on a signal preempted
+        (to be requeued) or stopped (Ctrl-C)."""
         self.window = Window(time.perf_counter())
         if self.dist.is_main:  # one rank carries the ranks' summed loss over the resume
             self.window.loss_sum, self.window.loss_images = (
@@ -206,8 +213,8 @@ class Trainer:
         if checkpoint_due or stop or time_due:
             self.save_checkpoint(progress)
         if stop:
-            log.warning("stopping on signal %s at step %d", self.stop_signal[0], step)
-            return "preempted"
+            log.warning("stopping on a signal at step %d: %s", step, STOP_STATUS[stop])
+            return STOP_STATUS[stop]
         return "finished" if last else None
 
     def timed(self, batches: Iterator) -> Iterator:
@@ -233,16 +240,16 @@ class Trainer:
         self.optimizer.step()
         return loss.detach()
 
-    def agree(self) -> tuple[bool, bool, bool]:
-        """All ranks act alike: stop if any got a signal, checkpoint if rank 0's clock says so,
-        end the run if any loss was not finite. The loop's only host synchronization between
-        logs."""
+    def agree(self) -> tuple[int, bool, bool]:
+        """All ranks act alike: stop if any got a signal (0, PREEMPTED or STOPPED), checkpoint
+        if rank 0's clock says so, end the run if any loss was not finite. The loop's only host
+        synchronization between logs."""
         minutes = (time.monotonic() - self.last_checkpoint) / 60
         time_due = self.dist.is_main and minutes > self.plan.checkpoint_every_minutes
         nonfinite = not torch.isfinite(torch.as_tensor(self.window.loss_sum)).item()
-        flags = [float(bool(self.stop_signal)), float(time_due), float(nonfinite)]
+        flags = [float(stop_code(self.stop_signal)), float(time_due), float(nonfinite)]
         stop, time_due, nonfinite = all_reduce(flags, self.compute.device, ReduceOp.MAX)
-        return bool(stop), bool(time_due), bool(nonfinite)
+        return int(stop), bool(time_due), bool(nonfinite)
 
     def measure_window(self) -> dict:
         """The mean training loss, images/s over all ranks and the share of time spent waiting
@@ -459,15 +466,34 @@ class Window:
         self.images += images
 
 
+def stop_code(signals: list) -> int:
+    if signal.SIGINT in signals:
+        return STOPPED
+    return PREEMPTED if signals else 0
+
+
 @contextmanager
 def stop_on_signals(received: list) -> Iterator[None]:
     """SIGTERM, SIGUSR1 or SIGUSR2 (SLURM's warning before the time limit: the usual one, and
-    submitit's) asks for a checkpoint and a stop at the next control point; the handlers from
-    before come back afterwards (requeue.ask_to_be_requeued hands them the signals)."""
-    handled = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in handled
-    }
+    submitit's) asks for a checkpoint and a stop at the next control point, then a requeue;
+    SIGINT (Ctrl-C) for the same without the requeue, and a second Ctrl-C interrupts at once
+    (KeyboardInterrupt). The handlers from before come back afterwards
+    (requeue.ask_to_be_requeued hands them the signals). Loader workers forked meanwhile inherit
+    the handler, which ignores the Ctrl-C that reaches them too: they stop with the trainer."""
+    trainer = os.getpid()
+
+    def on_signal(signum: int, frame) -> None:
+        if os.getpid() != trainer:
+            return
+        if signum == signal.SIGINT:
+            if signum in received:
+                raise KeyboardInterrupt
+            # straight to the terminal: logging is not safe in a signal handler
+            os.write(2, b"\nCtrl-C: stopping with a checkpoint (Ctrl-C again: at once, without)\n")
+        received.append(signum)
+
+    handled = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
         yield
     finally:

@@ -3,6 +3,8 @@
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -15,16 +17,17 @@ from torch.nn.parallel import DistributedDataParallel
 from bn_repro import paper
 from bn_repro.compose import CONFIG_DIR, register, to_object, validate
 from bn_repro.data import build_data
+from bn_repro.errors import UserError, explain_os_error
 from bn_repro.hparams import effective_hparams, recipe
 from bn_repro.models import build_model
 from bn_repro.schema import ConfigError, Norm, Precision, RunConfig
-from bn_repro.train import checkpoint
+from bn_repro.train import checkpoint, lock
 from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.environment import record_start
 from bn_repro.train.loop import Compute, Plan, Progress, Trainer, stop_on_signals
 from bn_repro.train.optim import build_optimizer
 from bn_repro.train.records import Records, setup_logging
-from bn_repro.train.requeue import ask_to_be_requeued
+from bn_repro.train.requeue import INTERRUPTED_EXIT_CODE, ask_to_be_requeued, exit_stopped
 from bn_repro.train.schedule import schedule_table
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
     """Train one run to its end, resuming from run_dir if it holds checkpoints, or until a signal
     arrives in stop_signal (stop_on_signals fills it); the summary."""
     run_dir = Path(cfg.run_dir)
-    with distributed(cfg.trainer.device) as dist:
+    with distributed(cfg.trainer.device) as dist, owning(run_dir, dist):
         setup_logging(run_dir, dist.rank)
         trainer, progress = build_trainer(cfg, dist, stop_signal)
         log.info(
@@ -53,7 +56,31 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
             trainer.records.write_file("summary.json", summary)
         trainer.records.close()
         log.info("%s: %s", run_dir, status)
+        if status == "stopped":
+            log.info("stopped on Ctrl-C with a checkpoint: the same command resumes the run")
     return summary
+
+
+@contextmanager
+def owning(run_dir: Path, dist: Dist) -> Iterator[None]:
+    """Rank 0 takes run_dir for this run until it ends (lock.py), before anything is written
+    there; every rank stops with rank 0's reason if it cannot: another training owns it, or the
+    path cannot be written."""
+    held, refusal = None, None
+    if dist.is_main:
+        try:
+            held = lock.acquire(run_dir)
+        except (UserError, OSError) as error:
+            refusal = error
+    shared = [refusal]
+    try:
+        torch.distributed.broadcast_object_list(shared, src=0)
+        if shared[0] is not None:
+            raise shared[0]
+        yield
+    finally:
+        if held is not None:
+            held.release()
 
 
 def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Trainer, Progress]:
@@ -237,10 +264,21 @@ def hydra_main(cfg: DictConfig) -> None:
         validate(cfg)
         with stop_on_signals(stops):
             summary = train(to_object(cfg), stops)
-    except ConfigError as error:
-        print(f"bn-repro train: {error}", file=sys.stderr)
+    except (UserError, OSError) as error:
+        if isinstance(error, OSError) and error.filename is None:
+            raise  # no path the user could fix: the traceback says where it came from
+        message = explain_os_error(error) if isinstance(error, OSError) else error
+        print(f"bn-repro train: {message}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return  # this job fails; the sweep's other jobs go on
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, no checkpoint
+        print(
+            "bn-repro train: interrupted; the same command resumes from the last checkpoint",
+            file=sys.stderr,
+        )
+        sys.exit(INTERRUPTED_EXIT_CODE)
     if summary["status"] == "preempted":
         ask_to_be_requeued(stops)
+    elif summary["status"] == "stopped":
+        exit_stopped()

@@ -5,11 +5,13 @@ disabled Records."""
 import json
 import logging
 import sys
+import time
+from logging.handlers import WatchedFileHandler
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from bn_repro.files import read_jsonl, write_bytes, write_json
+from bn_repro.files import naming, read_jsonl, same_file, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,9 @@ class Records:
         # A resumed run repeats the steps after its checkpoint: drop what was logged for them.
         kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
         self.evals = [r for r in kept if r["kind"] == "eval"]
-        write_bytes(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
-        self.metrics = (run_dir / "metrics.jsonl").open("a")
+        self.metrics_path = run_dir / "metrics.jsonl"
+        write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self.metrics = self.metrics_path.open("a+")  # readable too: see keep_metrics_file
         # purge_step hides the events a killed run wrote after the checkpoint.
         self.tensorboard = SummaryWriter(
             run_dir / "tensorboard", purge_step=tensorboard_step(kept[-1]) + 1 if kept else None
@@ -41,15 +44,41 @@ class Records:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        with naming(self.metrics_path):
+            self.keep_metrics_file()
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
         if record["kind"] == "eval":
             self.evals.append(record)
         step = tensorboard_step(record)
-        for key, value in record.items():
-            if key not in COUNTERS and isinstance(value, int | float):
-                self.tensorboard.add_scalar(tensorboard_tag(record, key), value, step)
-        self.tensorboard.flush()
+        with naming(self.run_dir / "tensorboard"):
+            for key, value in record.items():
+                if key not in COUNTERS and isinstance(value, int | float):
+                    self.tensorboard.add_scalar(tensorboard_tag(record, key), value, step)
+            self.tensorboard.flush()
+
+    def keep_metrics_file(self) -> None:
+        """A metrics.jsonl removed, moved or replaced during the run is written again whole from
+        the file still open here: no record goes where nobody reads it, and none is lost."""
+        if same_file(self.metrics.fileno(), self.metrics_path):
+            return
+        self.metrics.seek(0)
+        records = self.metrics.read()
+        found = ""
+        if self.metrics_path.exists():  # another file put in its place: kept beside
+            aside = self.metrics_path.with_name(f"metrics.jsonl.replaced-{time.time():.0f}")
+            self.metrics_path.rename(aside)
+            found = f" (the file found in its place is now {aside.name})"
+        write_bytes(self.metrics_path, records.encode())
+        self.metrics.close()
+        self.metrics = self.metrics_path.open("a+")
+        log.warning(
+            "%s was removed or replaced during the run: written again with the run's %d records%s;"
+            " the run goes on",
+            self.metrics_path,
+            records.count("\n"),
+            found,
+        )
 
     def find(self, **match) -> dict | None:
         """The last evaluation record whose fields equal match (on rank 0; None elsewhere)."""
@@ -88,7 +117,7 @@ def setup_logging(run_dir: Path, rank: int) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
+        handlers.append(WatchedFileHandler(run_dir / "train.log"))  # made again if removed
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
