@@ -18,6 +18,7 @@ STATUS = {
     "diverged": "diverged",
     "preempted": "running",
     "running": "running",
+    "stopped": "stopped",  # by the user (Ctrl-C): the same command resumes it
 }
 # What a report reads of every summary.json (the trainer writes more).
 SUMMARY_KEYS = ("name", "seed", "lr_multiplier", "recipe", "batch_per_rank", "data", "status")
