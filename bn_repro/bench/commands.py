@@ -147,6 +147,8 @@ def add_bench_train(benches) -> None:
 
 
 def run_bench_train(args: argparse.Namespace) -> None:
+    import torch
+
     from bn_repro.bench import train as bench  # the trainer and torch.distributed only here
     from bn_repro.bench.record import write_record
     from bn_repro.compose import compose, to_object
@@ -164,7 +166,7 @@ def run_bench_train(args: argparse.Namespace) -> None:
     )
     overrides += _switches(args) + args.overrides
     cfg = to_object(compose(overrides))
-    device = pick_device(cfg.trainer.device, env.local_rank)
+    device = pick_device(cfg.trainer.device, env.local_rank, torch.cuda.device_count())
     tag = f"-{args.tag}" if args.tag else ""
     out = args.out or RESULTS / f"train-{_slug(device)}-{cfg.name}-{args.data}{tag}.json"
     profile_steps = args.profile_steps if args.profile else 0
