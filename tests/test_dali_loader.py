@@ -62,6 +62,31 @@ def test_a_restored_pipeline_continues_mid_epoch_exactly(root, data_format):
     assert first[0][0].shape == (8, 32, 32, 3) and first[0][0].dtype == torch.uint8
 
 
+def test_a_state_of_another_pipeline_is_not_restored_but_its_batches_skipped(root, caplog):
+    cfg = data_cfg(root)
+    # A checkpoint of other operators, as a run that began on a GPU (mixed decoding) records:
+    # DALI refuses it ("The checkpoint might come from another pipeline").
+    other = build_data(dataclasses.replace(cfg, dali_decode=DaliDecode.full), 0, 0, 1, 8, None)
+    epoch = other.train_epoch(0)
+    for _ in range(5):
+        next(epoch)
+    state = other.state()
+    assert state["pipeline"] == "dali-cpu"
+    resumed = build_data(cfg, 0, 0, 1, 8, None, {**state, "pipeline": "dali-gpu"})
+    assert "loader state is dali-gpu's and this run reads with dali-cpu" in caplog.text
+    fresh = build_data(cfg, 0, 0, 1, 8, None)  # no state: the first five batches read, skipped
+    for (x, y), (x2, y2) in zip(
+        resumed.train_epoch(0, start_batch=5), fresh.train_epoch(0, start_batch=5), strict=True
+    ):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_a_cpu_pipeline_pins_its_batches_only_for_a_gpu_trainer(root):
+    # pinned host memory needs CUDA: the batches themselves are checked by the gpu tests
+    assert build_data(data_cfg(root), 0, 0, 1, 8, cuda_device=0).pin_memory
+    assert not build_data(data_cfg(root), 0, 0, 1, 8, cuda_device=None).pin_memory
+
+
 @pytest.mark.parametrize("decode", list(DaliDecode))
 def test_both_decode_modes_give_training_batches(root, decode):
     data = build_data(data_cfg(root, dali_decode=decode, prefetch=3), 0, 0, 1, 8, None)
