@@ -1,6 +1,6 @@
 """`bn-repro bench loader`, `bench train` and `bench cost`: their arguments, and the records they
-write and read under results/bench/. What a benchmark runs is imported when it runs, so that
-`bn-repro --help` does not wait for torch and DALI."""
+write and read under results/bench/ (`bench gpu-check`: gpu_check.py). What a benchmark runs is
+imported when it runs, so that `bn-repro --help` does not wait for torch and DALI."""
 
 import argparse
 import os
@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from bn_repro import paper
+from bn_repro.bench.gpu_check import add_bench_gpu_check
 from bn_repro.schema import COMPILE_MODES, ConfigError, DataFormat, Photometric, Precision
 
 RESULTS = Path("results/bench")
@@ -50,6 +51,7 @@ def add_bench(commands) -> None:
     loader.set_defaults(run=run_bench_loader)
     add_bench_train(benches)
     add_bench_cost(benches)
+    add_bench_gpu_check(benches)
 
 
 def run_bench_loader(args: argparse.Namespace) -> None:
