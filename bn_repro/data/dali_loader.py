@@ -125,8 +125,8 @@ class _CpuResize:
         return [resize(torch.from_numpy(image), self.size).numpy() for image in images]
 
 
-def _resize(images, size: list[int], cfg: DataConfig, gpu: bool, jpegs=None):
-    """Antialiased bilinear, to [height, width], or to [shorter side] (give the JPEGs)."""
+def _resize(images, size: list[int], cfg: DataConfig, gpu: bool):
+    """Antialiased bilinear, to [height, width]; on the CPU also to [shorter side]."""
     if not gpu:
         return fn.python_function(
             images,
@@ -134,11 +134,15 @@ def _resize(images, size: list[int], cfg: DataConfig, gpu: bool, jpegs=None):
             batch_processing=True,
             output_layouts="HWC",
         )
-    if len(size) == 1:
-        return resize_shorter(images, jpegs, size[0])
     return fn.resize(
         images, interp_type=types.INTERP_LINEAR, antialias=True, resize_y=size[0], resize_x=size[1]
     )
+
+
+def _val_resize(images, jpegs, shorter: int, cfg: DataConfig, gpu: bool):
+    if gpu:
+        return resize_shorter(images, jpegs, shorter)
+    return _resize(images, [shorter], cfg, gpu)  # augment.resize: torchvision's own
 
 
 def resize_shorter(images, jpegs, shorter: int):
@@ -193,7 +197,7 @@ def val_pipeline(
     images = fn.decoders.image(
         jpegs, output_type=types.RGB, adjust_orientation=False, **_decoder(cfg, gpu, True)
     )
-    images = _resize(images, [round(cfg.image_size / VAL_CROP_FRACTION)], cfg, gpu, jpegs)
+    images = _val_resize(images, jpegs, round(cfg.image_size / VAL_CROP_FRACTION), cfg, gpu)
     size = cfg.image_size
     images = fn.crop(images, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5)
     return images, _on_device(labels, gpu)
