@@ -1,3 +1,12 @@
+"""Shared fixtures, and which device a test session runs on.
+
+A session that selects only tests marked `gpu` (`pytest -m gpu`, or their files) runs them on
+CUDA, and skips them with the reason where torch sees no GPU. Any other session is the CPU
+suite: it hides every GPU from itself and from the processes its tests start, so that the
+`auto` switches resolve to the CPU on a GPU machine too, and skips the gpu tests it selected
+(`make test` runs both sessions)."""
+
+import os
 from pathlib import Path
 
 import pytest
@@ -5,8 +14,46 @@ import pytest
 from bn_repro.data.make_mini import MiniSpec, make_mini
 from bn_repro.data.prepare import PrepareOptions, prepare
 
+pytest_plugins = ["pytester"]  # test_sessions.py runs sessions of its own
+
 # 6 classes, 24 training and 5 validation images each, 40 pixels, folders and shards of 20.
 SMALL = MiniSpec(classes=6, train_per_class=24, val_per_class=5, size=40, seed=2)
+RUN_GPU_TESTS_ALONE = (
+    "needs CUDA, which the CPU suite hides: run the gpu tests alone, pytest -m gpu"
+)
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(config, items):
+    if items and all(item.get_closest_marker("gpu") for item in items):
+        _gpu_session(items)
+    else:
+        _cpu_session(items)
+
+
+def _gpu_session(items) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="torch sees no CUDA device (torch.cuda.is_available())")
+        for item in items:
+            item.add_marker(skip)
+
+
+def _cpu_session(items) -> None:
+    # Before CUDA starts: the CUDA runtime reads the variable once, when it starts.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+
+    if torch.cuda.is_available():
+        raise pytest.UsageError(
+            "CUDA started before the CPU suite could hide the GPUs (a test module touches CUDA"
+            " at import): move that call into its test"
+        )
+    skip = pytest.mark.skip(reason=RUN_GPU_TESTS_ALONE)
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

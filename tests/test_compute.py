@@ -96,3 +96,12 @@ def test_a_loaders_uint8_batch_is_normalized_on_the_device(channels_last):
 def test_overlapping_copies_without_a_gpu_is_refused():
     with pytest.raises(ConfigError, match="trainer.overlap_copy=true overlaps copies to a GPU"):
         pick_compute(run_config("bn_x5", "trainer.overlap_copy=true"), CPU)
+
+
+def test_deterministic_training_on_cuda_is_refused_with_the_reason():
+    # No GPU needed: the refusal comes before anything touches the device (or torch's
+    # global deterministic switch).
+    cuda = Dist(0, 1, 0, torch.device("cuda", 0), "single")
+    with pytest.raises(ConfigError, match="deterministic=true on cuda:0: torch has no determ"):
+        pick_compute(run_config("bn_x5", "trainer.deterministic=true"), cuda)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -2,15 +2,22 @@
 as the torchvision fallback."""
 
 import dataclasses
+import io
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from nvidia.dali import fn, pipeline_def, types
+from PIL import Image
+from torch.nn import functional as F
 
 from bn_repro.data import build_data
+from bn_repro.data.augment import hwc, resize
+from bn_repro.data.dali_loader import resize_shorter
 from bn_repro.schema import DaliDecode, DataFormat, DataLoaderKind
 from bn_repro.train.records import read_metrics
 from tests.helpers import assert_same_records, kill_after_first_checkpoint, run_config
@@ -62,6 +69,31 @@ def test_a_restored_pipeline_continues_mid_epoch_exactly(root, data_format):
     assert first[0][0].shape == (8, 32, 32, 3) and first[0][0].dtype == torch.uint8
 
 
+def test_a_state_of_another_pipeline_is_not_restored_but_its_batches_skipped(root, caplog):
+    cfg = data_cfg(root)
+    # A checkpoint of other operators, as a run that began on a GPU (mixed decoding) records:
+    # DALI refuses it ("The checkpoint might come from another pipeline").
+    other = build_data(dataclasses.replace(cfg, dali_decode=DaliDecode.full), 0, 0, 1, 8, None)
+    epoch = other.train_epoch(0)
+    for _ in range(5):
+        next(epoch)
+    state = other.state()
+    assert state["pipeline"] == "dali-cpu"
+    resumed = build_data(cfg, 0, 0, 1, 8, None, {**state, "pipeline": "dali-gpu"})
+    assert "loader state is dali-gpu's and this run reads with dali-cpu" in caplog.text
+    fresh = build_data(cfg, 0, 0, 1, 8, None)  # no state: the first five batches read, skipped
+    for (x, y), (x2, y2) in zip(
+        resumed.train_epoch(0, start_batch=5), fresh.train_epoch(0, start_batch=5), strict=True
+    ):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_a_cpu_pipeline_pins_its_batches_only_for_a_gpu_trainer(root):
+    # pinned host memory needs CUDA: the batches themselves are checked by the gpu tests
+    assert build_data(data_cfg(root), 0, 0, 1, 8, cuda_device=0).pin_memory
+    assert not build_data(data_cfg(root), 0, 0, 1, 8, cuda_device=None).pin_memory
+
+
 @pytest.mark.parametrize("decode", list(DaliDecode))
 def test_both_decode_modes_give_training_batches(root, decode):
     data = build_data(data_cfg(root, dali_decode=decode, prefetch=3), 0, 0, 1, 8, None)
@@ -100,6 +132,33 @@ def test_validation_pixels_match_the_torchvision_loader(root):
         difference.mean(),
         difference.max(),
     )
+
+
+def test_the_gpu_validation_resize_keeps_torchvisions_sizes_and_pixels():
+    # The GPU pipeline's resize, run on CPU-decoded JPEGs: 427 x 640 becomes 256 x 383 as in
+    # torchvision (DALI's own resize_shorter makes it 384 wide).
+    shapes = [(375, 500), (427, 640), (683, 1024), (500, 333)]
+    generator = torch.Generator().manual_seed(0)
+    jpegs, expected = [], []
+    for height, width in shapes:
+        coarse = torch.rand(1, 3, height // 20, width // 20, generator=generator)
+        smooth = F.interpolate(coarse, size=(height, width), mode="bilinear")[0]
+        encoded = io.BytesIO()
+        Image.fromarray((255 * smooth).byte().permute(1, 2, 0).numpy()).save(encoded, "JPEG")
+        jpegs.append(np.frombuffer(encoded.getvalue(), dtype=np.uint8))
+        expected.append(resize(hwc(Image.open(encoded)), [256]))
+
+    @pipeline_def(batch_size=len(jpegs), num_threads=1, device_id=None)
+    def pipeline():
+        encoded = fn.external_source(source=lambda: jpegs, batch=True)
+        images = fn.decoders.image(encoded, output_type=types.RGB, adjust_orientation=False)
+        return resize_shorter(images, encoded, 256)
+
+    (resized,) = pipeline().run()
+    for index, theirs in enumerate(expected):
+        ours = torch.from_numpy(np.array(resized[index]))
+        assert ours.shape == theirs.shape
+        assert (ours.int() - theirs.int()).abs().max() <= 1
 
 
 @pytest.mark.slow

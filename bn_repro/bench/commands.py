@@ -1,6 +1,6 @@
 """`bn-repro bench loader`, `bench train` and `bench cost`: their arguments, and the records they
-write and read under results/bench/. What a benchmark runs is imported when it runs, so that
-`bn-repro --help` does not wait for torch and DALI."""
+write and read under results/bench/ (`bench gpu-check`: gpu_check.py). What a benchmark runs is
+imported when it runs, so that `bn-repro --help` does not wait for torch and DALI."""
 
 import argparse
 import os
@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from bn_repro import paper
+from bn_repro.bench.gpu_check import add_bench_gpu_check
 from bn_repro.schema import COMPILE_MODES, ConfigError, DataFormat, Photometric, Precision
 
 RESULTS = Path("results/bench")
@@ -50,6 +51,7 @@ def add_bench(commands) -> None:
     loader.set_defaults(run=run_bench_loader)
     add_bench_train(benches)
     add_bench_cost(benches)
+    add_bench_gpu_check(benches)
 
 
 def run_bench_loader(args: argparse.Namespace) -> None:
@@ -147,6 +149,8 @@ def add_bench_train(benches) -> None:
 
 
 def run_bench_train(args: argparse.Namespace) -> None:
+    import torch
+
     from bn_repro.bench import train as bench  # the trainer and torch.distributed only here
     from bn_repro.bench.record import write_record
     from bn_repro.compose import compose, to_object
@@ -164,7 +168,7 @@ def run_bench_train(args: argparse.Namespace) -> None:
     )
     overrides += _switches(args) + args.overrides
     cfg = to_object(compose(overrides))
-    device = pick_device(cfg.trainer.device, env.local_rank)
+    device = pick_device(cfg.trainer.device, env.local_rank, torch.cuda.device_count())
     tag = f"-{args.tag}" if args.tag else ""
     out = args.out or RESULTS / f"train-{_slug(device)}-{cfg.name}-{args.data}{tag}.json"
     profile_steps = args.profile_steps if args.profile else 0

@@ -20,7 +20,7 @@ class DataSource(Protocol):
     def val_batches(self) -> Iterator[Batch]:
         """This rank's share of the validation set; every image on exactly one rank."""
 
-    def state(self) -> str | None:
+    def state(self) -> dict | None:
         """The reader's position and random state beyond (epoch, batch), for checkpoints."""
 
 
@@ -31,7 +31,7 @@ def build_data(
     world_size: int,
     batch: int,
     cuda_device: int | None,
-    state: str | None = None,
+    state: dict | None = None,
     val_batch: int | None = None,
 ) -> DataSource:
     """The training and validation data of this rank, `batch` images per rank and step and
@@ -56,6 +56,6 @@ def build_data(
     gpu = cfg.dali_device is DaliDevice.gpu or (
         cfg.dali_device is DaliDevice.auto and cuda_device is not None
     )
-    return DaliData(
-        cfg, seed, rank, world_size, batch, cuda_device if gpu else None, state, val_batch
-    )
+    device_id = cuda_device if gpu else None
+    pin = cuda_device is not None and not gpu  # a CPU pipeline feeding a GPU
+    return DaliData(cfg, seed, rank, world_size, batch, device_id, state, val_batch, pin)

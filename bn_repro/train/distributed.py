@@ -89,18 +89,29 @@ def _first_host(nodelist: str) -> str:
     return hosts.stdout.split()[0]
 
 
-def pick_device(choice: Device, local_rank: int) -> torch.device:
-    if choice is Device.cuda and not torch.cuda.is_available():
+def pick_device(choice: Device, local_rank: int, visible: int) -> torch.device:
+    """This process's device, from the CUDA devices it sees (`visible`): with one, that one,
+    whatever the local rank (srun --gpus-per-task, cgroup-bound GPUs: each process sees its own
+    GPU as device 0); with several, the local rank's (torchrun, srun without GPU binding)."""
+    if choice is Device.cuda and visible == 0:
         raise ConfigError("trainer.device=cuda but no CUDA device is visible: use device=auto")
-    if choice is Device.cpu or not torch.cuda.is_available():
+    if choice is Device.cpu or visible == 0:
         return torch.device("cpu")
+    if visible == 1:
+        return torch.device("cuda", 0)
+    if local_rank >= visible:
+        raise ConfigError(
+            f"local rank {local_rank} but this process sees {visible} GPUs"
+            f" (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}):"
+            " start one process per GPU, or give each task one GPU (srun --gpus-per-task=1)"
+        )
     return torch.device("cuda", local_rank)
 
 
 @contextmanager
 def distributed(choice: Device) -> Iterator[Dist]:
     env = launch_env(os.environ)
-    device = pick_device(choice, env.local_rank)
+    device = pick_device(choice, env.local_rank, torch.cuda.device_count())
     os.environ.update(
         MASTER_ADDR=env.master_addr,
         MASTER_PORT=str(env.master_port),

@@ -179,6 +179,14 @@ def pick_compute(cfg: RunConfig, dist: Dist) -> Compute:
     channels_last and a side stream for host-to-GPU copies; fp32 and plain copies on CPU."""
     trainer = cfg.trainer
     cuda = dist.device.type == "cuda"
+    if trainer.deterministic and cuda:
+        # torch.use_deterministic_algorithms would raise mid-step: CUDA has no deterministic
+        # backward for the adaptive average pools (the heads) and LRN's pooling, nor an NLL loss
+        raise ConfigError(
+            f"trainer.deterministic=true on {dist.device}: torch has no deterministic CUDA kernels"
+            " for this network's adaptive average pools and LRN (backward) or its cross-entropy;"
+            " it is for exact resume tests on CPU: leave it false, or add trainer.device=cpu"
+        )
     bf16 = trainer.precision is Precision.bf16 or (trainer.precision is Precision.auto and cuda)
     if cuda:
         torch.backends.cudnn.benchmark = not trainer.deterministic
@@ -218,7 +226,7 @@ def make_plan(cfg: RunConfig, global_batch: int) -> Plan:
 
 def resume(
     run_dir: Path, resolved: dict, global_batch: int, model, optimizer, dist: Dist
-) -> tuple[Progress, str | None]:
+) -> tuple[Progress, dict | None]:
     """Restore the latest checkpoint of run_dir into the model and optimizer, if there is one;
     where the run stands, and this rank's loader state."""
     payload = checkpoint.load_latest(run_dir)
