@@ -103,4 +103,4 @@ def test_training_on_the_prepared_benchmark(root, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["paper_steps"] == 4
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["count"] for r in evals if r["kind"] == "eval"] == [30, 30]
+    assert [r["count"] for r in evals if r["kind"] == "eval"] == [30, 30, 30]  # Algorithm 2 last
