@@ -176,6 +176,7 @@ def test_training_with_dali_resumes_after_a_kill_as_if_never_killed(root, tmp_pa
             "data.workers=1",
             "trainer.batch_per_rank=8",
             "trainer.max_paper_steps=8",  # 32 steps of 8 images, 18 to an epoch
+            "trainer.population_batches=4",
             "trainer.eval_every_paper_steps=4",
             "trainer.log_every_paper_steps=1",
             "trainer.checkpoint_every_paper_steps=1.5",  # mid-epoch checkpoints
@@ -220,6 +221,7 @@ def test_two_ranks_train_with_dali_and_count_validation_once(root, tmp_path):
             "data.workers=1",
             "trainer.batch_per_rank=8",
             "trainer.max_paper_steps=8",
+            "trainer.population_batches=4",
             "trainer.eval_every_paper_steps=4",
             f"run_dir={run_dir}",
         ],

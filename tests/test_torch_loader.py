@@ -93,6 +93,7 @@ def test_training_on_the_prepared_benchmark(root, tmp_path):
             "data.loader=torch",
             "trainer.batch_per_rank=8",
             "trainer.max_paper_steps=4",
+            "trainer.population_batches=4",
             "trainer.eval_every_paper_steps=2",
             f"run_dir={run_dir}",
         ],
