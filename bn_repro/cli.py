@@ -247,9 +247,10 @@ def add_report(commands) -> None:
         help="the Figure 3 table, Figure 2 curves and learning-rate comparison of runs;"
         " Figure 1 of figure1 runs",
         description="Read the runs under RUN_OR_SWEEP_DIR (their metrics.jsonl and summary.json)"
-        " and write figure3.md/.csv, figure2.png/.svg, lr_multipliers.md/.png and README.md to"
-        " --out, beside the paper's numbers; for runs of `bn-repro figure1`,"
-        " figure1.md/.png/.csv and figure1_landscape.png/.csv.",
+        " and write figure3.md/.csv, figure2.png/.svg, lr_multipliers.md/.png,"
+        " input_distributions.png/.csv (where the runs recorded them) and README.md to --out,"
+        " beside the paper's numbers; for runs of `bn-repro figure1`, figure1.md/.png/.csv and"
+        " figure1_landscape.png/.csv.",
     )
     parser.add_argument("paths", type=Path, nargs="+", metavar="RUN_OR_SWEEP_DIR")
     parser.add_argument("--out", type=Path, required=True)

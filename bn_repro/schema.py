@@ -194,6 +194,10 @@ class TrainerConfig:
     keep_checkpoints: int = positive()
     control_every_steps: int = positive()
     population_batches: int = positive()  # per rank: Algorithm 2's statistics at the end
+    # The input distribution of named layers at every evaluation (train/probe.py): percentiles
+    # of one channel over this many fixed training images; 0: none.
+    probe_images: int = non_negative()
+    probe_channel: int = non_negative()
     device: Device = MISSING
     precision: Precision = MISSING
     channels_last: bool | None = MISSING

@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from bn_repro.models.inception import FIGURE_5, probe_blocks
 from bn_repro.models.layers import NormAct
 from bn_repro.schema import Activation, ConfigError, Norm
 from bn_repro.train.probe import InputProbe, percentiles
+from tests.helpers import model_of
 
 
 def test_percentiles_are_numpys():
@@ -41,6 +43,23 @@ def test_the_probe_reads_the_input_of_the_nonlinearity_after_bn_before_an_inplac
     assert set(measured) == {f"{n}/p{q}" for n in ("first", "second") for q in (15, 50, 85)} | {
         "probe_s"
     }
+
+
+def test_the_probe_leaves_weights_statistics_modes_and_random_numbers_alone():
+    model = model_of("bn_x5_sigmoid", "model.aux_heads=true", num_classes=10)
+    model.eval()
+    model.trunk.inception_3a.train()  # a mix of modes, restored as it was
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    probe = InputProbe(probe_blocks(model), torch.randn(4, 3, 32, 32), channel=5)
+    rng = torch.get_rng_state()  # the auxiliary heads' dropout draws none
+    measured = probe.measure(model)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [m.training for m in model.modules()] == modes
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    layers = {k.split("/")[0] for k in measured if "/" in k}
+    assert layers == {"conv1", "conv2", *(spec.name for spec in FIGURE_5)}
 
 
 def test_a_channel_beyond_the_narrowest_layer_is_refused():

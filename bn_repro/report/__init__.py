@@ -1,6 +1,6 @@
-"""`bn-repro report`: the Figure 3 table, the Figure 2 curves and the learning-rate comparison
-from runs' records, beside the paper's numbers; Figure 1 and Santurkar et al.'s measurements
-from `bn-repro figure1` runs."""
+"""`bn-repro report`: the Figure 3 table, the Figure 2 curves, the learning-rate comparison and
+the layers' input distributions from runs' records, beside the paper's numbers; Figure 1 and
+Santurkar et al.'s measurements from `bn-repro figure1` runs."""
 
 import csv
 import json
@@ -9,6 +9,7 @@ from pathlib import Path
 from bn_repro.errors import UserError
 from bn_repro.report.figure1 import find_figure1_runs, write_figure1
 from bn_repro.report.figures import figure2, lr_plot
+from bn_repro.report.inputs import write_input_distributions
 from bn_repro.report.runs import Run, find_runs
 from bn_repro.report.tables import (
     LrPoint,
@@ -59,6 +60,7 @@ def write_report(paths: list[Path], out: Path) -> list[Row]:
     (out / "lr_multipliers.md").write_text(_lr_markdown(points, target))
     figure2(runs, target, out)
     lr_plot(points, out)
+    write_input_distributions(runs, out)
     (out / "README.md").write_text(_readme(runs, paths))
     return rows
 
