@@ -211,6 +211,13 @@ def figure1_markdown(runs: list[Figure1Run]) -> str:
         "",
         f"Data: {first['data']}: {first['train_digits']:,} training and {first['test_digits']:,}"
         " held-out digits. Steps are Fig. 1's: one SGD update on 60 digits.",
+    ]
+    lines += _accuracy_lines(numbers, target) + _input_lines(numbers) + _santurkar_lines(numbers)
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_lines(numbers: list[RunNumbers], target: float | None) -> list[str]:
+    lines = [
         "",
         "## (a) Held-out accuracy",
         "",
@@ -227,7 +234,11 @@ def figure1_markdown(runs: list[Figure1Run]) -> str:
             f"| {LABELS[n.norm]} | {n.seed} | {steps} | {_f(n.max_accuracy)}"
             f" ({n.step_at_max:,}) | {_f(n.final_accuracy)} ({n.final_bn_stats}) |"
         )
-    lines += [
+    return lines
+
+
+def _input_lines(numbers: list[RunNumbers]) -> list[str]:
+    lines = [
         "",
         "## (b, c) The last hidden layer's sigmoid input",
         "",
@@ -239,12 +250,11 @@ def figure1_markdown(runs: list[Figure1Run]) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for n in numbers:
-        lines.append(
-            f"| {LABELS[n.norm]} | {n.seed} | {n.unit} | {_f(n.median[0], 2)}, {_f(n.median[1], 2)}"
-            f" ({_f(n.median[2], 2)}) | {_f(n.spread[0], 2)}, {_f(n.spread[1], 2)}"
-            f" ({_f(n.spread[2], 2)}) |"
+        median, spread = (
+            ", ".join(_f(v, 2) for v in x[:2]) + f" ({_f(x[2], 2)})" for x in (n.median, n.spread)
         )
-    return "\n".join(lines + _santurkar_lines(numbers)) + "\n"
+        lines.append(f"| {LABELS[n.norm]} | {n.seed} | {n.unit} | {median} | {spread} |")
+    return lines
 
 
 def _santurkar_lines(numbers: list[RunNumbers]) -> list[str]:
@@ -331,57 +341,45 @@ def landscape_plot(runs: list[Figure1Run], out: Path) -> Path:
     and cosine), the loss and the gradient change along the gradient (the band spans the step
     sizes) and the effective beta-smoothness, with and without BN (the first seed)."""
     figure, grid = plt.subplots(2, 3, figsize=(13, 7))
-    (l2, cos, loss), (band, change, beta) = grid
     for norm in ("none", "batchnorm"):
         run = next((r for r in runs if r.norm == norm), None)
-        if run is None:
-            continue
-        colour, label = COLOURS[norm], LABELS[norm]
-        layer, ics, marks = run.last_hidden, run.kind("ics"), run.kind("landscape")
-        steps = [r["step"] for r in marks]
-        l2.plot(
-            [r["step"] for r in ics], [r[f"{layer}/l2"] for r in ics], color=colour, label=label
-        )
-        cos.plot([r["step"] for r in ics], [r[f"{layer}/cosine"] for r in ics], color=colour)
-        loss.plot(
-            [r["step"] for r in run.kind("train")],
-            [r["loss"] for r in run.kind("train")],
-            color=colour,
-        )
-        band.fill_between(
-            steps,
-            [r["loss_min"] for r in marks],
-            [r["loss_max"] for r in marks],
-            color=colour,
-            alpha=0.4,
-            label=label,
-        )
-        change.fill_between(
-            steps,
-            [r["grad_change_min"] for r in marks],
-            [r["grad_change_max"] for r in marks],
-            color=colour,
-            alpha=0.4,
-        )
-        beta.plot(steps, [r["beta_smoothness"] for r in marks], color=colour)
+        if run is not None:
+            _draw_measurements(grid, run)
+    layer = runs[0].last_hidden
     titles = (
-        f"ICS of {runs[0].last_hidden}: ||G - G'||",
-        f"ICS of {runs[0].last_hidden}: cos(G, G')",
+        f"ICS of {layer}: ||G - G'||",
+        f"ICS of {layer}: cos(G, G')",
         "training loss",
         "loss along the gradient (range)",
         "gradient change along the gradient (range)",
         "effective beta-smoothness",
     )
-    for axes, title in zip(grid.flat, titles, strict=True):
+    for index, (axes, title) in enumerate(zip(grid.flat, titles, strict=True)):
         # the measurements are log-spaced: most of the learning happens in the first steps
         axes.set_xscale("symlog", linthresh=1)
         axes.set(title=title, xlabel="steps of 60 digits (log scale)")
+        axes.set_yscale("linear" if index == 1 else "log")
         axes.grid(alpha=0.3)
-    for axes in (l2, loss, band, change, beta):
-        axes.set_yscale("log")
-    l2.legend(fontsize=8)
+    grid[0][0].legend(fontsize=8)
     figure.tight_layout()
     path = out / "figure1_landscape.png"
     figure.savefig(path, dpi=150)
     plt.close(figure)
     return path
+
+
+def _draw_measurements(grid, run: Figure1Run) -> None:
+    (l2, cos, loss), (band, change, beta) = grid
+    style = {"color": COLOURS[run.norm]}
+    layer, ics, marks, train = (run.last_hidden, *map(run.kind, ("ics", "landscape", "train")))
+    at = [r["step"] for r in ics]
+    l2.plot(at, [r[f"{layer}/l2"] for r in ics], label=LABELS[run.norm], **style)
+    cos.plot(at, [r[f"{layer}/cosine"] for r in ics], **style)
+    loss.plot([r["step"] for r in train], [r["loss"] for r in train], **style)
+    at = [r["step"] for r in marks]
+    for axes, low, high in (
+        (band, "loss_min", "loss_max"),
+        (change, "grad_change_min", "grad_change_max"),
+    ):
+        axes.fill_between(at, [r[low] for r in marks], [r[high] for r in marks], alpha=0.4, **style)
+    beta.plot(at, [r["beta_smoothness"] for r in marks], **style)
