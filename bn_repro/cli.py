@@ -209,7 +209,8 @@ def add_figure1(commands) -> None:
         " ships, recording held-out accuracy, the percentiles of each hidden layer's sigmoid"
         " input, and Santurkar et al. (2018)'s internal covariate shift and loss landscape,"
         " into run_dir/none and run_dir/batchnorm; `bn-repro report` draws them. A few minutes"
-        " on one CPU core. A network already trained there with the same settings is kept.",
+        " on two CPU cores, one per network. A network already trained there with the same"
+        " settings is kept.",
     )
     parser.add_argument(
         "overrides",
