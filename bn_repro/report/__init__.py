@@ -1,13 +1,16 @@
-"""`bn-repro report`: the Figure 3 table with the paper's claims judged, the Figure 2 curves and
-the learning-rate comparison from runs' records, beside the paper's numbers."""
+"""`bn-repro report`: the Figure 3 table with the paper's claims judged, the Figure 2 curves,
+the learning-rate comparison and the layers' input distributions from runs' records, beside the
+paper's numbers; Figure 1 and Santurkar et al.'s measurements from `bn-repro figure1` runs."""
 
 from pathlib import Path
 
 from bn_repro.errors import UserError
 from bn_repro.report import markdown
 from bn_repro.report.claims import judge
+from bn_repro.report.figure1 import figure1_runs, write_figure1
 from bn_repro.report.figures import figure2, lr_plot
-from bn_repro.report.runs import Run, find_runs
+from bn_repro.report.inputs import write_input_distributions
+from bn_repro.report.runs import Run, summaries, trainer_runs
 from bn_repro.report.tables import Row, figure3, lr_multipliers, targets
 
 
@@ -16,13 +19,18 @@ class ReportError(UserError, ValueError):
 
 
 def write_report(paths: list[Path], out: Path) -> list[Row]:
-    runs = find_runs(paths)
-    if not runs:
+    found = summaries(paths)
+    runs, studies = trainer_runs(found), figure1_runs(found)
+    if not runs and not studies:
         raise ReportError(
             f"no runs (folders with a summary.json) under {', '.join(map(str, paths))}"
         )
     _check_one_data_set(runs)
     out.mkdir(parents=True, exist_ok=True)
+    if studies:
+        write_figure1(studies, out)
+    if not runs:
+        return []
     aims = targets(runs)
     rows = figure3(runs, aims)
     points = lr_multipliers(runs, aims)
@@ -31,6 +39,7 @@ def write_report(paths: list[Path], out: Path) -> list[Row]:
     (out / "lr_multipliers.md").write_text(markdown.lr_multipliers(points, aims))
     figure2(runs, aims, out)
     lr_plot(points, out)
+    write_input_distributions(runs, out)
     (out / "README.md").write_text(markdown.readme(runs, paths))
     return rows
 

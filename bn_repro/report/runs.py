@@ -68,25 +68,37 @@ class Run:
         return next((r["paper_steps"] for r in self.evals if r["top1"] >= target), None)
 
 
-def find_runs(paths: list[Path]) -> list[Run]:
-    """Every readable run under the given run or sweep directories: a folder with a summary.json
-    of the trainer's."""
-    runs = []
+def summaries(paths: list[Path]) -> list[tuple[Path, dict]]:
+    """Every summary.json under the given run or sweep directories, with what it holds; one
+    that is not a JSON object is left out with a warning that names it."""
+    found = []
     for path in paths:
         for summary_path in sorted(path.rglob("summary.json")):
-            run = read_run(summary_path)
-            if run is not None:
-                runs.append(run)
-    return runs
+            try:
+                summary = json.loads(summary_path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                summary = error
+            if isinstance(summary, dict):
+                found.append((summary_path, summary))
+            else:
+                log.warning("%s cannot be read (%s): that run is left out", summary_path, summary)
+    return found
 
 
-def read_run(summary_path: Path) -> Run | None:
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        log.warning("%s cannot be read (%s): that run is left out", summary_path, error)
-        return None
-    missing = [key for key in SUMMARY_KEYS if not isinstance(summary, dict) or key not in summary]
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Every readable run of `bn-repro train` under the given run or sweep directories."""
+    return trainer_runs(summaries(paths))
+
+
+def trainer_runs(found: list[tuple[Path, dict]]) -> list[Run]:
+    """The runs of `bn-repro train` among the summaries (those of `bn-repro figure1`, marked
+    with a "study", are Figure 1's: report/figure1.py)."""
+    runs = [read_run(path, summary) for path, summary in found if "study" not in summary]
+    return [run for run in runs if run is not None]
+
+
+def read_run(summary_path: Path, summary: dict) -> Run | None:
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
     if missing:
         log.warning("%s lacks %s: not a bn-repro run's; left out", summary_path, missing)
         return None

@@ -25,6 +25,7 @@ from bn_repro.models.inception import AUX_WEIGHT
 from bn_repro.models.population_stats import batchnorms, population_statistics
 from bn_repro.train import checkpoint
 from bn_repro.train.distributed import Dist, all_reduce, average_bn_statistics
+from bn_repro.train.probe import InputProbe
 from bn_repro.train.records import Records
 from bn_repro.train.schedule import lr_at
 
@@ -147,6 +148,7 @@ class Trainer:
     checkpoint_extra: dict  # saved with every checkpoint (the resolved config)
     identity: dict  # what the run is, in the summary: the report reads no config
     stop_signal: list = field(default_factory=list)  # filled by stop_on_signals
+    probe: InputProbe | None = None  # input distributions at every evaluation (rank 0)
     window: "Window" = field(init=False, default_factory=lambda: Window(time.perf_counter()))
     last_checkpoint: float = field(init=False, default_factory=time.monotonic)
     batches: Iterator | None = field(init=False, default=None)  # the training stream (stream)
@@ -294,6 +296,9 @@ class Trainer:
         its accuracy; the record, which also counts towards the run's best."""
         average_bn_statistics(self.model, self.dist.world_size)
         record = self.eval_record(progress, "running" if batchnorms(self.model) else "none")
+        if self.probe is not None:
+            measured = self.probe.measure(self.model)
+            self.records.write({"kind": "inputs", **self.plan.counters(progress), **measured})
         update_best(progress, record, self.plan.target_top1)
         self.records.write_file("summary.json", self.summary(progress, "running"))
         return record

@@ -17,15 +17,18 @@ from torch.nn.parallel import DistributedDataParallel
 from bn_repro import paper
 from bn_repro.compose import CONFIG_DIR, register, to_object, validate
 from bn_repro.data import build_data
+from bn_repro.data.fixed import fixed_train_batch
 from bn_repro.errors import UserError, explain_os_error
 from bn_repro.hparams import effective_hparams, recipe
 from bn_repro.models import build_model
+from bn_repro.models.inception import probe_blocks
 from bn_repro.schema import ConfigError, Norm, Precision, RunConfig
 from bn_repro.train import checkpoint, lock
 from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.environment import record_start
 from bn_repro.train.loop import Compute, Plan, Progress, Trainer, stop_on_signals
 from bn_repro.train.optim import build_optimizer
+from bn_repro.train.probe import InputProbe
 from bn_repro.train.records import Records, setup_logging
 from bn_repro.train.requeue import INTERRUPTED_EXIT_CODE, ask_to_be_requeued, exit_stopped
 from bn_repro.train.schedule import schedule_table
@@ -132,8 +135,20 @@ def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Traine
         checkpoint_extra={"config": resolved, "global_batch": hp.global_batch},
         identity=identity(cfg),
         stop_signal=stop_signal,
+        probe=build_probe(cfg, model, data, compute) if dist.is_main else None,
     )
     return trainer, progress
+
+
+def build_probe(cfg: RunConfig, model, data, compute: Compute) -> InputProbe | None:
+    """The input distributions the trainer records at every evaluation: over a fixed draw of
+    trainer.probe_images training images (seeded by the run's seed), at channel
+    trainer.probe_channel of each probe block; None when probe_images is 0."""
+    if not cfg.trainer.probe_images:
+        return None
+    batch = fixed_train_batch(cfg.data, data, cfg.seed, cfg.trainer.probe_images)
+    images = compute.batch(*batch)[0]
+    return InputProbe(probe_blocks(model), images, cfg.trainer.probe_channel, compute.autocast)
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
