@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from bn_repro import paper
 from bn_repro.data.mnist import Digits, MnistSplit, load_mnist
-from bn_repro.data.sharding import batches_per_epoch, train_batches
+from bn_repro.data.sharding import batches_per_epoch, epoch_order, train_batches
 from bn_repro.models.mlp import MLP
 from bn_repro.models.population_stats import batchnorms, population_statistics
 from bn_repro.schema import ConfigError, Figure1Config, Norm
@@ -204,7 +204,8 @@ def batches(train_size: int, plan: Plan) -> Iterator[torch.Tensor]:
     into batches (as the ImageNet loaders' order, sharding.py)."""
     epoch = 0
     while True:
-        yield from train_batches(train_size, plan.seed, epoch, 0, 1, plan.batch)
+        order = epoch_order(train_size, plan.seed, epoch, thorough=True, stored=False)
+        yield from train_batches(order, 0, 1, plan.batch)
         epoch += 1
 
 
