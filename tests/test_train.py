@@ -148,13 +148,13 @@ def test_two_ranks_train_as_one_process_with_their_joint_batch(tmp_path):
     # own 4 images, as in the paper's replicas, so there the two differ by design.
     # 20 optimizer steps: later, training amplifies rounding differences as it amplifies any
     # (measured: 1e-5 of the update after 20 steps, 1.5e-3 after 60, smoothly).
-    overrides = ("experiment=inception", "model.dropout=false", "trainer.max_paper_steps=5")
+    overrides = ("experiment=inception", "model.dropout=0", "trainer.max_paper_steps=5")
     one, two = tmp_path / "one", tmp_path / "two"
     for run_dir, ranks in ((one, 1), (two, 2)):
         result = train(run_dir, *overrides, f"trainer.batch_per_rank={8 // ranks}", ranks=ranks)
         assert result.returncode == 0, result.stderr
     torch.manual_seed(0)  # the trainer's initial weights (seed 0)
-    initial = model_of("inception", "model.dropout=false", num_classes=10).state_dict()
+    initial = model_of("inception", "model.dropout=0", num_classes=10).state_dict()
     a, b = final_weights(one), final_weights(two)
     moved = sum((a[k] - initial[k]).norm() ** 2 for k in a) ** 0.5
     apart = sum((a[k] - b[k]).norm() ** 2 for k in a) ** 0.5
