@@ -89,6 +89,15 @@ def test_a_run_leaves_its_records(uninterrupted):
     assert (hparams["batch_per_rank"], hparams["global_batch"]) == (8, 8)
 
 
+def test_the_best_evaluation_keeps_its_weights_apart_from_the_step_checkpoints(uninterrupted):
+    best = torch.load(uninterrupted / "checkpoints" / "best.pt", weights_only=True)
+    done = summary(uninterrupted)
+    assert best["progress"]["max_top1"] == done["max_top1"]
+    assert best["progress"]["step"] * 8 == 32 * done["paper_steps_at_max_top1"]  # its step
+    assert {"model", "progress", "loader", "config"} <= best.keys()
+    assert "optimizer" not in best and "best.pt" not in [p.name for p in checkpoints(uninterrupted)]
+
+
 def test_tensorboard_holds_the_numbers_of_metrics_jsonl(uninterrupted):
     events = EventAccumulator(str(uninterrupted / "tensorboard")).Reload()
     records = read_metrics(uninterrupted)

@@ -23,18 +23,33 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
-    directory = checkpoint_dir(run_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"step_{step:010d}.pt"
+    path = checkpoint_dir(run_dir) / f"step_{step:010d}.pt"
+    _write(path, payload)
+    for old in checkpoints(run_dir)[:-keep]:
+        old.unlink()
+    return path
+
+
+def best_path(run_dir: Path) -> Path:
+    """The checkpoint of the run's best evaluation so far (Trainer.save_best); no step
+    checkpoint, so resuming never starts from it."""
+    return checkpoint_dir(run_dir) / "best.pt"
+
+
+def save_best(run_dir: Path, payload: dict) -> Path:
+    path = best_path(run_dir)
+    _write(path, payload)
+    return path
+
+
+def _write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".pt.tmp")
     with temporary.open("wb") as file:
         torch.save(payload, file)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)  # atomic: a reader sees the old set or the new file, whole
-    for old in checkpoints(run_dir)[:-keep]:
-        old.unlink()
-    return path
 
 
 def load_latest(run_dir: Path) -> dict | None:
