@@ -34,6 +34,8 @@ def test_models_data_and_the_training_loop_run_without_hydra():
         ["train", "experiment=bn_x5", "optim.lr_multiplyer=5"],
         ["bench", "--help"],
         ["report", "--help"],
+        ["evaluate", "--help"],
+        ["evaluate", "runs/x", "--crops", "12"],
     ],
 )
 def test_help_and_config_errors_import_no_torch_dali_or_matplotlib(argv):

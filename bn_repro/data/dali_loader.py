@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dmath
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from bn_repro.data.augment import (
@@ -24,6 +25,7 @@ from bn_repro.data.augment import (
     VAL_CROP_FRACTION,
     resize,
 )
+from bn_repro.data.multicrop import SQUARES, MultiCropSquares, scales
 from bn_repro.data.prepared import check_classes, folder_items, read_manifest, shard_paths
 from bn_repro.data.synthetic import Batch
 from bn_repro.schema import ConfigError, DaliDecode, DataConfig, DataFormat, Photometric
@@ -160,6 +162,70 @@ def val_pipeline(
     return images, _on_device(labels, gpu)
 
 
+@pipeline_def
+def multicrop_pipeline(
+    cfg: DataConfig,
+    source: dict,
+    rank: int,
+    world_size: int,
+    gpu: bool,
+    shuffle_seed: int,
+    native: bool,
+):
+    """Validation for 144 crops: each image's squares at every scale (multicrop.py). native:
+    with DALI's own slice and resize (on the GPU); else augment.resize's, as the fallback."""
+    jpegs, labels = _read(source, rank, world_size, False, shuffle_seed)
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder(cfg, gpu))
+    if native:
+        parts = _native_squares(images, cfg)
+    else:
+        parts = fn.python_function(
+            images,
+            function=_CpuMultiCrop(cfg.image_size, _threads(cfg)),
+            batch_processing=True,
+            num_outputs=len(scales(cfg.image_size)) + 1,
+        )
+    return (*parts, _on_device(labels, gpu))
+
+
+def _native_squares(images, cfg: DataConfig) -> list:
+    """multicrop.MultiCropSquares in DALI's operators: the squares of multicrop.squares, each
+    resized to every scale and to the crop size, stacked (3, L, L, 3)."""
+    shape = images.shape()
+    height, width = shape[0], shape[1]
+    side = dmath.min(height, width)
+    cut = [
+        fn.slice(
+            images,
+            fn.stack(((height - side) * k + 1) // 2, ((width - side) * k + 1) // 2),
+            fn.stack(side, side),
+            axes=[0, 1],
+        )
+        for k in range(SQUARES)
+    ]
+    sizes = (*scales(cfg.image_size), cfg.image_size)
+    return [fn.stack(*[_resize(c, [size, size], cfg, True) for c in cut]) for size in sizes]
+
+
+class _CpuMultiCrop(_CpuResize):
+    """fn.python_function on the CPU: MultiCropSquares over the batch, split over threads."""
+
+    def __init__(self, size: int, threads: int):
+        super().__init__([size], threads)
+        self.transform = MultiCropSquares(size)
+
+    def __call__(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], ...]:
+        part = -(-len(images) // self.threads)
+        parts = [images[start : start + part] for start in range(0, len(images), part)]
+        done = [image for chunk in self.pool.map(self._cut, parts) for image in chunk]
+        return tuple(list(outputs) for outputs in zip(*done, strict=True))
+
+    def _cut(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+        return [
+            tuple(t.numpy() for t in self.transform(torch.from_numpy(image))) for image in images
+        ]
+
+
 def dali_train_pipeline(
     cfg: DataConfig,
     source: dict,
@@ -231,6 +297,7 @@ class DaliData:
             **_pipeline_options(cfg, val_batch or batch, device_id),
         )
         self.restored = state is not None
+        self.multicrop_source = (cfg, val, rank, world_size, device_id, seed)
         self.train = DALIGenericIterator(
             [train_pipe],
             ["images", "labels"],
@@ -264,6 +331,31 @@ class DaliData:
             if len(labels):  # PARTIAL can leave a rank an empty last batch
                 yield images, labels
         self.val.reset()
+
+    def multicrop_batches(self, batch: int) -> Iterator[Batch]:
+        cfg, source, rank, world_size, device_id, seed = self.multicrop_source
+        pipe = multicrop_pipeline(
+            cfg,
+            source,
+            rank,
+            world_size,
+            device_id is not None,
+            seed,
+            device_id is not None,  # DALI's operators on the GPU; augment.resize on the CPU
+            seed=seed,
+            **_pipeline_options(cfg, batch, device_id),
+        )
+        parts = [f"part{k}" for k in range(len(scales(cfg.image_size)) + 1)]
+        reader = DALIGenericIterator(
+            [pipe],
+            [*parts, "labels"],
+            reader_name=READER,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+        )
+        for outputs in reader:
+            labels = outputs[0]["labels"].reshape(-1).to(torch.int64)
+            if len(labels):  # PARTIAL can leave a rank an empty last batch
+                yield tuple(outputs[0][name] for name in parts), labels
 
     def state(self) -> str:
         """The train pipeline's position and random state, for the checkpoint."""
