@@ -290,7 +290,8 @@ def add_report(commands) -> None:
         help="the Figure 3 table, Figure 2 curves and learning-rate comparison of runs",
         description="Read the runs under RUN_OR_SWEEP_DIR (their metrics.jsonl and summary.json)"
         " and write figure3.md/.csv, figure2.png/.svg, lr_multipliers.md/.png and README.md to"
-        " --out, beside the paper's numbers.",
+        " --out, beside the paper's numbers; figure4.md/.csv too where the runs have"
+        " evaluations (bn-repro evaluate).",
     )
     parser.add_argument("paths", type=Path, nargs="+", metavar="RUN_OR_SWEEP_DIR")
     parser.add_argument("--out", type=Path, required=True)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from bn_repro.errors import UserError
+from bn_repro.report.figure4 import write_figure4
 from bn_repro.report.figures import figure2, lr_plot
 from bn_repro.report.runs import Run, find_runs
 from bn_repro.report.tables import (
@@ -53,6 +54,7 @@ def write_report(paths: list[Path], out: Path) -> list[Row]:
     (out / "lr_multipliers.md").write_text(_lr_markdown(points, target))
     figure2(runs, target, out)
     lr_plot(points, out)
+    write_figure4(runs, out)  # when the runs have evaluation records (bn-repro evaluate)
     (out / "README.md").write_text(_readme(runs, paths))
     return rows
 
