@@ -207,23 +207,20 @@ def _native_squares(images, cfg: DataConfig) -> list:
     return [fn.stack(*[_resize(c, [size, size], cfg, True) for c in cut]) for size in sizes]
 
 
-class _CpuMultiCrop(_CpuResize):
-    """fn.python_function on the CPU: MultiCropSquares over the batch, split over threads."""
+class _CpuMultiCrop:
+    """fn.python_function on the CPU: MultiCropSquares for each image of the batch, the images
+    shared among `threads` threads (torch's resize runs without the GIL)."""
 
     def __init__(self, size: int, threads: int):
-        super().__init__([size], threads)
         self.transform = MultiCropSquares(size)
+        self.pool = ThreadPoolExecutor(threads)
 
     def __call__(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], ...]:
-        part = -(-len(images) // self.threads)
-        parts = [images[start : start + part] for start in range(0, len(images), part)]
-        done = [image for chunk in self.pool.map(self._cut, parts) for image in chunk]
+        done = list(self.pool.map(self._cut, images))
         return tuple(list(outputs) for outputs in zip(*done, strict=True))
 
-    def _cut(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
-        return [
-            tuple(t.numpy() for t in self.transform(torch.from_numpy(image))) for image in images
-        ]
+    def _cut(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(part.numpy() for part in self.transform(torch.from_numpy(image)))
 
 
 def dali_train_pipeline(
