@@ -9,6 +9,10 @@ from pathlib import Path
 from bn_repro.bench.commands import add_bench
 from bn_repro.errors import UserError, explain_os_error
 
+# bn_repro.data.multicrop.CROP_COUNTS, named here so that checking the arguments of evaluate does
+# not import torch: 1, or 36 for each of GoogLeNet's 4 scales used (144: all of them).
+CROP_COUNTS = (1, 36, 72, 108, 144)
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -237,14 +241,15 @@ def add_evaluate(commands) -> None:
         default="1",
         metavar="1|144|1,144",
         help="1: the shorter side resized, the centre crop (training's evaluation); 144:"
-        " GoogLeNet's 4 scales x 3 squares x 6 crops x 2 mirrors; 1,144: both (default 1)",
+        " GoogLeNet's 4 scales x 3 squares x 6 crops x 2 mirrors; 36, 72 or 108: its first 1, 2"
+        " or 3 scales only (quicker); several, comma-separated, in one run (default 1)",
     )
     parser.add_argument(
         "--batch",
         type=int,
         metavar="IMAGES",
         help="images per rank and batch (default: the run's trainer.eval_batch_per_rank at 1"
-        " crop, 1/32 of it at 144)",
+        " crop, 1/32 of it at several)",
     )
     parser.add_argument("--data-root", help="the prepared data, if not the runs' data.root")
     parser.add_argument("--loader", choices=("dali", "torch"), help="default: the runs' loader")
@@ -261,8 +266,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
         crops = tuple(int(c) for c in args.crops.split(","))
     except ValueError:
         crops = ()
-    if not crops or set(crops) - {1, 144} or len(set(crops)) < len(crops):
-        raise UserError(f"--crops {args.crops}: give 1, 144 or 1,144")
+    if not crops or set(crops) - set(CROP_COUNTS) or len(set(crops)) < len(crops):
+        raise UserError(
+            f"--crops {args.crops}: give one or more of {', '.join(map(str, CROP_COUNTS))},"
+            " e.g. 1,144"
+        )
     if any(n is not None and n < 1 for n in (args.batch, args.population_batches)):
         raise UserError("--batch and --population-batches must be at least 1")
     from bn_repro.evaluate.members import Settings  # torch: after the arguments are checked

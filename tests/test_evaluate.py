@@ -158,7 +158,9 @@ def test_bad_input_gets_a_clear_error(run, tmp_path, capsys):
     (bare / "checkpoints" / "best.pt").unlink()
     assert "use --checkpoint latest" in cli_error(capsys, bare, "--checkpoint", "best")
     assert "no such file" in cli_error(capsys, run, "--checkpoint", "step_7.pt")
-    assert "--crops 12: give 1, 144 or 1,144" in cli_error(capsys, run, "--crops", "12")
+    assert "--crops 12: give one or more of 1, 36, 72, 108, 144" in cli_error(
+        capsys, run, "--crops", "12"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from PIL import Image
 
+from bn_repro import cli
 from bn_repro.data import build_data
 from bn_repro.data.augment import val_transform
 from bn_repro.data.dali_loader import READER, _pipeline_options, dali_source, multicrop_pipeline
 from bn_repro.data.make_mini import MiniSpec, make_mini
 from bn_repro.data.multicrop import (
+    CROP_COUNTS,
     CROPS,
     CropBox,
     Square,
@@ -65,9 +68,12 @@ def test_a_portrait_image_has_top_centre_and_bottom_squares_rounded_half_up():
     }
 
 
-def test_other_crop_sizes_scale_googlenets_sides():
+def test_other_crop_sizes_scale_googlenets_sides_and_fewer_crops_take_the_first():
     assert scales(224) == (256, 288, 320, 352)
     assert scales(32) == (37, 41, 46, 50)  # 256 x 32/224 = 36.6, 41.1, 45.7, 50.3
+    assert (scales(224, 36), scales(224, 72)) == ((256,), (256, 288))
+    assert len(crop_boxes(300, 400, 224, 72)) == 72
+    assert CROP_COUNTS == cli.CROP_COUNTS  # the command line's copy, checked without torch
     # 5 pixels to spare: the centre window's offset rounds half up, as the single crop's
     assert windows(37, 32) == ((0, 0), (0, 5), (5, 0), (5, 5), (3, 3))
 
@@ -149,8 +155,8 @@ def test_both_loaders_cut_the_same_pixels(landscape, data_format):
     dali = build_data(data_cfg(landscape, format=data_format.value), 0, 0, 1, 4, None)
     fallback = data_cfg(landscape, format=data_format.value, loader="torch", workers=0)
     batches = [
-        list(dali.multicrop_batches(4)),
-        list(build_data(fallback, 0, 0, 1, 4, None).multicrop_batches(4)),
+        list(dali.multicrop_batches(4, CROPS)),
+        list(build_data(fallback, 0, 0, 1, 4, None).multicrop_batches(4, CROPS)),
     ]
     assert [len(y) for _, y in batches[0]] == [4, 2]
     for (ours, labels), (theirs, their_labels) in zip(*batches, strict=True):
@@ -165,10 +171,8 @@ def test_dalis_own_operators_cut_the_same_squares(landscape):
     # torch's by a grey level or two; a misplaced square would differ by far more.
     cfg = data_cfg(landscape, format="folder")
     source = dali_source(landscape, read_manifest(landscape), DataFormat.folder, "val")
-    pipe = multicrop_pipeline(
-        cfg, source, 0, 1, False, 0, True, seed=0, **_pipeline_options(cfg, 6, None)
-    )
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+    options = _pipeline_options(cfg, 6, None)
+    pipe = multicrop_pipeline(cfg, source, 0, 1, False, 0, CROPS, True, seed=0, **options)
 
     names = [f"part{k}" for k in range(5)]
     outputs = next(
@@ -184,7 +188,7 @@ def test_dalis_own_operators_cut_the_same_squares(landscape):
     fallback = build_data(
         data_cfg(landscape, format="folder", loader="torch", workers=0), 0, 0, 1, 6, None
     )
-    ((theirs, _),) = list(fallback.multicrop_batches(6))
+    ((theirs, _),) = list(fallback.multicrop_batches(6, CROPS))
     for name, yours in zip(names, theirs, strict=True):
         difference = (outputs[name].int() - yours.int()).abs().float()
         assert difference.max() <= 3 and difference.mean() < 0.5, (name, difference.max())
@@ -195,9 +199,11 @@ def test_dalis_own_operators_cut_the_same_squares(landscape):
 def test_dali_on_the_gpu_cuts_the_fallbacks_squares(landscape):
     # nvJPEG and DALI's GPU resize against libjpeg-turbo and augment.resize: close, not equal.
     gpu = build_data(data_cfg(landscape, format="folder", dali_device="gpu"), 0, 0, 1, 6, 0)
-    ((ours, labels),) = list(gpu.multicrop_batches(6))
+    ((ours, labels),) = list(gpu.multicrop_batches(6, CROPS))
     fallback = data_cfg(landscape, format="folder", loader="torch", workers=0)
-    ((theirs, their_labels),) = list(build_data(fallback, 0, 0, 1, 6, None).multicrop_batches(6))
+    ((theirs, their_labels),) = list(
+        build_data(fallback, 0, 0, 1, 6, None).multicrop_batches(6, CROPS)
+    )
     assert labels.is_cuda and labels.tolist() == their_labels.tolist()
     for mine, yours in zip(ours, theirs, strict=True):
         assert mine.is_cuda

@@ -170,25 +170,26 @@ def multicrop_pipeline(
     world_size: int,
     gpu: bool,
     shuffle_seed: int,
+    crops: int,
     native: bool,
 ):
-    """Validation for 144 crops: each image's squares at every scale (multicrop.py). native:
+    """Validation at `crops` crops: each image's squares at every scale (multicrop.py). native:
     with DALI's own slice and resize (on the GPU); else augment.resize's, as the fallback."""
     jpegs, labels = _read(source, rank, world_size, False, shuffle_seed)
     images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder(cfg, gpu))
     if native:
-        parts = _native_squares(images, cfg)
+        parts = _native_squares(images, cfg, crops)
     else:
         parts = fn.python_function(
             images,
-            function=_CpuMultiCrop(cfg.image_size, _threads(cfg)),
+            function=_CpuMultiCrop(cfg.image_size, crops, _threads(cfg)),
             batch_processing=True,
-            num_outputs=len(scales(cfg.image_size)) + 1,
+            num_outputs=len(scales(cfg.image_size, crops)) + 1,
         )
     return (*parts, _on_device(labels, gpu))
 
 
-def _native_squares(images, cfg: DataConfig) -> list:
+def _native_squares(images, cfg: DataConfig, crops: int) -> list:
     """multicrop.MultiCropSquares in DALI's operators: the squares of multicrop.squares, each
     resized to every scale and to the crop size, stacked (3, L, L, 3)."""
     shape = images.shape()
@@ -203,7 +204,7 @@ def _native_squares(images, cfg: DataConfig) -> list:
         )
         for k in range(SQUARES)
     ]
-    sizes = (*scales(cfg.image_size), cfg.image_size)
+    sizes = (*scales(cfg.image_size, crops), cfg.image_size)
     return [fn.stack(*[_resize(c, [size, size], cfg, True) for c in cut]) for size in sizes]
 
 
@@ -211,8 +212,8 @@ class _CpuMultiCrop:
     """fn.python_function on the CPU: MultiCropSquares for each image of the batch, the images
     shared among `threads` threads (torch's resize runs without the GIL)."""
 
-    def __init__(self, size: int, threads: int):
-        self.transform = MultiCropSquares(size)
+    def __init__(self, size: int, crops: int, threads: int):
+        self.transform = MultiCropSquares(size, crops)
         self.pool = ThreadPoolExecutor(threads)
 
     def __call__(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], ...]:
@@ -329,7 +330,7 @@ class DaliData:
                 yield images, labels
         self.val.reset()
 
-    def multicrop_batches(self, batch: int) -> Iterator[Batch]:
+    def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
         cfg, source, rank, world_size, device_id, seed = self.multicrop_source
         pipe = multicrop_pipeline(
             cfg,
@@ -338,11 +339,12 @@ class DaliData:
             world_size,
             device_id is not None,
             seed,
+            crops,
             device_id is not None,  # DALI's operators on the GPU; augment.resize on the CPU
             seed=seed,
             **_pipeline_options(cfg, batch, device_id),
         )
-        parts = [f"part{k}" for k in range(len(scales(cfg.image_size)) + 1)]
+        parts = [f"part{k}" for k in range(len(scales(cfg.image_size, crops)) + 1)]
         reader = DALIGenericIterator(
             [pipe],
             [*parts, "labels"],

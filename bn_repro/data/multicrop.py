@@ -5,6 +5,9 @@ and bottom for a portrait image); of each square the 4 corners and the centre at
 and the whole square resized to it; each also mirrored: 4 x 3 x 6 x 2 = 144 crops, whose softmax
 outputs are averaged.
 
+Fewer crops, 36, 72 or 108, take only the first 1, 2 or 3 scales: a quicker look where a forward
+pass is dear (the generated benchmark on a 2-core CPU); records and tables name the scales.
+
 The work is split so that images batch: a loader cuts each image's 3 squares and resizes each to
 the 4 scales and to the crop size (fixed shapes whatever the image's), and the evaluation
 device takes the windows and the mirrors (`views`). Cutting the square before resizing it,
@@ -24,12 +27,16 @@ REFERENCE_CROP = 224  # the crop size GoogLeNet's scales are given for
 SHORTER_SIDES = (256, 288, 320, 352)
 SQUARES = 3  # left, centre, right (or top, centre, bottom)
 WINDOWS = 5  # 4 corners and the centre; the 6th crop is the whole square
-CROPS = len(SHORTER_SIDES) * SQUARES * (WINDOWS + 1) * 2  # x 2 mirrors: 144
+CROPS_PER_SCALE = SQUARES * (WINDOWS + 1) * 2  # x 2 mirrors: 36
+CROPS = len(SHORTER_SIDES) * CROPS_PER_SCALE  # 144
+CROP_COUNTS = (1, *(CROPS_PER_SCALE * k for k in range(1, len(SHORTER_SIDES) + 1)))
 
 
-def scales(size: int) -> tuple[int, ...]:
-    """The 4 shorter sides for crops of `size` pixels: GoogLeNet's, in proportion, rounded."""
-    return tuple(round(side * size / REFERENCE_CROP) for side in SHORTER_SIDES)
+def scales(size: int, crops: int = CROPS) -> tuple[int, ...]:
+    """The shorter sides for `crops` crops (144: all 4) of `size` pixels: GoogLeNet's, in
+    proportion, rounded."""
+    sides = SHORTER_SIDES[: crops // CROPS_PER_SCALE]
+    return tuple(round(side * size / REFERENCE_CROP) for side in sides)
 
 
 @dataclass(frozen=True)
@@ -66,13 +73,13 @@ class CropBox:
     mirrored: bool
 
 
-def crop_boxes(height: int, width: int, size: int) -> list[CropBox]:
-    """The 144 crops of a height x width image for `size`-pixel crops: per square, per scale,
-    the 5 windows and the whole square, each as it is and mirrored."""
+def crop_boxes(height: int, width: int, size: int, crops: int = CROPS) -> list[CropBox]:
+    """The crops of a height x width image for `size`-pixel crops: per square, per scale, the 5
+    windows and the whole square, each as it is and mirrored."""
     return [
         CropBox(square, scale, *crop, mirrored)
         for square in squares(height, width)
-        for scale in scales(size)
+        for scale in scales(size, crops)
         for crop in [(*corner, size) for corner in windows(scale, size)] + [(0, 0, scale)]
         for mirrored in (False, True)
     ]
@@ -80,10 +87,10 @@ def crop_boxes(height: int, width: int, size: int) -> list[CropBox]:
 
 class MultiCropSquares:
     """The loaders' part: a decoded image, uint8 (H, W, 3) -> its squares, resized to each scale
-    and to the crop size: uint8 (3, L, L, 3) for each of the 4 scales L, then (3, S, S, 3)."""
+    and to the crop size: uint8 (3, L, L, 3) for each scale L of `crops`, then (3, S, S, 3)."""
 
-    def __init__(self, size: int):
-        self.sizes = (*scales(size), size)
+    def __init__(self, size: int, crops: int = CROPS):
+        self.sizes = (*scales(size, crops), size)
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cut = [
@@ -93,15 +100,15 @@ class MultiCropSquares:
         return tuple(torch.stack([resize(c, [side, side]) for c in cut]) for side in self.sizes)
 
 
-def multicrop_transform(size: int) -> transforms.Compose:
+def multicrop_transform(size: int, crops: int = CROPS) -> transforms.Compose:
     """A decoded PIL image -> MultiCropSquares' tensors (the torchvision loader's)."""
-    return transforms.Compose([hwc, MultiCropSquares(size)])
+    return transforms.Compose([hwc, MultiCropSquares(size, crops)])
 
 
 def views(parts: tuple[torch.Tensor, ...], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The evaluation device's part: a batch of MultiCropSquares' tensors (each with the batch
-    dimension first) -> the distinct crops, uint8 (N, K, S, S, 3), and how many of the 144 crops
-    each stands for, (K,), summing to 144."""
+    dimension first) -> the distinct crops, uint8 (N, K, S, S, 3), and how many of the crops
+    each stands for, (K,), summing to 36 a scale (144 for 4)."""
     *scaled, whole = parts
     count = SQUARES
     if all(torch.equal(p[:, 0], p[:, k]) for p in parts for k in range(1, SQUARES)):

@@ -71,10 +71,10 @@ class SyntheticData:
         for chosen in val_batches(self.val_size, self.rank, self.world_size, self.val_batch):
             yield self._take(self.val_images, self.val_labels, chosen)
 
-    def multicrop_batches(self, batch: int) -> Iterator[Batch]:
+    def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
         raise ConfigError(
-            "data.kind=synthetic has no images to cut crops from: evaluate 144 crops on prepared"
-            " data (data.kind=prepared), or 1 crop"
+            "data.kind=synthetic has no images to cut crops from: evaluate several crops on"
+            " prepared data (data.kind=prepared), or 1 crop"
         )
 
     def _take(self, images: torch.Tensor, labels: torch.Tensor, chosen: torch.Tensor) -> Batch:

@@ -42,7 +42,7 @@ class TorchData:
         self.val_batch = val_batch or batch
         self.train_transform = train_transform(cfg.image_size, cfg.photometric)
         self.val_transform = val_transform(cfg.image_size)
-        self.multicrop_transform = multicrop_transform(cfg.image_size)
+        self.image_size = cfg.image_size
         self.workers, self.prefetch, self.pin_memory = cfg.workers, cfg.prefetch, pin_memory
 
     @property
@@ -61,9 +61,10 @@ class TorchData:
         batches = val_batches(len(self.val), self.rank, self.world_size, self.val_batch)
         return self._load(_Batches(self.val, batches, self.val_transform, None))
 
-    def multicrop_batches(self, batch: int) -> Iterator[Batch]:
+    def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
         batches = val_batches(len(self.val), self.rank, self.world_size, batch)
-        return self._load(_Batches(self.val, batches, self.multicrop_transform, None))
+        transform = multicrop_transform(self.image_size, crops)
+        return self._load(_Batches(self.val, batches, transform, None))
 
     def state(self) -> None:
         return None  # the position is the epoch and batch the trainer keeps

@@ -1,5 +1,5 @@
 """What the evaluated networks predict for a batch of validation images: each member's scores at
-1 crop (logits, as the trainer counts them) or 144 crops (the log of its class probabilities
+1 crop (logits, as the trainer counts them) or several (144: the log of its class probabilities
 averaged over the crops), and the ensemble's, the arithmetic mean of its members' class
 probabilities (Sec. 4.2.3)."""
 
@@ -26,8 +26,8 @@ def single_crop(
 def multi_crop(
     models: list[nn.Module], batch: tuple, compute: Compute, size: int
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each model's log mean probabilities over the 144 crops of every image of a loader's
-    multicrop batch (a tuple of squares, multicrop.MultiCropSquares), and the labels."""
+    """Each model's log mean probabilities over the crops of every image of a loader's multicrop
+    batch (a tuple of squares, multicrop.MultiCropSquares), and the labels."""
     parts, labels = batch
     parts = tuple(part.to(compute.device, non_blocking=True) for part in parts)
     crops, weights = views(parts, size)

@@ -154,7 +154,7 @@ def _pass(networks: Networks, crops: int, described: list[dict], common: dict) -
     seconds = time.perf_counter() - start
     method = {
         "crops": crops,
-        **({"scales": list(scales(networks.crop_size))} if crops > 1 else {}),
+        **({"scales": list(scales(networks.crop_size, crops))} if crops > 1 else {}),
         "seconds": round(seconds, 3),
         # images x crops x networks per second, over all ranks
         "crops_per_s": round(counts[0].count * crops * len(networks.models) / seconds, 1),
@@ -186,7 +186,7 @@ def _predictions(networks: Networks, crops: int) -> Iterator[tuple[list, object]
         for batch in networks.val.val_batches():
             yield single_crop(models, batch, compute)
         return
-    for batch in networks.val.multicrop_batches(networks.multicrop_batch):
+    for batch in networks.val.multicrop_batches(networks.multicrop_batch, crops):
         yield multi_crop(models, batch, compute, networks.crop_size)
 
 

@@ -14,11 +14,12 @@ from bn_repro.report.runs import Run
 from bn_repro.report.tables import ORDER, Stat
 
 PAPER_ROWS = {row.model: row for row in paper.FIGURE_4}
-# Which of the paper's rows a reproduced one stands beside: (crops, ensemble) -> Fig. 4's row.
+# Which of the paper's rows a reproduced one stands beside: (several crops, ensemble) -> Fig. 4's
+# row (its multicrop rows have 144; a row of fewer says so in its crops and scales).
 PAPER_MATCH = {
-    (1, False): "BN-Inception single crop",
-    (144, False): "BN-Inception multicrop",
-    (144, True): "BN-Inception ensemble",
+    (False, False): "BN-Inception single crop",
+    (True, False): "BN-Inception multicrop",
+    (True, True): "BN-Inception ensemble",
 }
 COLUMNS = (
     "model",
@@ -45,7 +46,7 @@ class Row:
     members: int
     runs: int  # evaluations averaged: one per seed for a single network
     crops: int
-    scales: str  # the shorter sides of the 144 crops; "" at 1 crop
+    scales: str  # the shorter sides of the several crops; "" at 1 crop
     checkpoint: str  # latest, best or a file name, as asked
     bn_stats: str  # and over how many batches per rank, for Algorithm 2's
     top1_error: Stat
@@ -125,7 +126,7 @@ def _row(label: str, method: tuple, group: list[dict]) -> Row:
         top1_error=Stat.of([1 - r["top1"] for r in group]),
         top5_error=Stat.of([1 - r["top5"] for r in group]),
         images=statistics.mode(r["count"] for r in group),
-        paper=PAPER_ROWS.get(PAPER_MATCH.get((crops, members > 1), "")),
+        paper=PAPER_ROWS.get(PAPER_MATCH.get((crops > 1, members > 1), "")),
     )
 
 
@@ -160,7 +161,7 @@ def _markdown(rows: list[Row], data: str) -> str:
         "(Sec. 4.2.3). Crops: 1 is the shorter side resized to crop/0.875 and the centre crop, as",
         "training evaluates; 144 is GoogLeNet's 4 scales x 3 squares x 6 crops x 2 mirrors, its",
         "shorter sides 256, 288, 320 and 352 for 224-pixel crops, in proportion for other crops",
-        "(scales).",
+        "(scales); 36, 72 or 108 crops take its first 1, 2 or 3 scales only.",
         "",
         "| model | crops | scales | models | runs | checkpoint | BN statistics | images"
         " | top-1 error | top-5 error | paper: row | paper: top-1 | paper: top-5 |",
