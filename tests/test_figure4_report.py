@@ -59,9 +59,10 @@ def runs(tmp_path) -> Path:
     # bn_x30 seeds at 1 crop (an older evaluation of seed 0 is replaced by the later one) and at
     # 144; an ensemble of the two bn_x30 runs and bn_x5's seed 0, in each member's file.
     write(a, evaluation("1", [member(a, "bn_x30")], 1, 0.50, 0.80, "2026-01-01T00:00:00"))
-    write(a, evaluation("2", [member(a, "bn_x30")], 1, 0.70, 0.90, "2026-01-02T00:00:00"))
+    write(a, evaluation("4", [member(a, "bn_x30")], 1, 0.70, 0.90, "2026-01-02T00:00:00"))
     write(b, evaluation("3", [member(b, "bn_x30")], 1, 0.80, 0.94, "2026-01-02T00:00:00"))
-    write(a, evaluation("4", [member(a, "bn_x30")], 144, 0.75, 0.95, "2026-01-03T00:00:00"))
+    # one command at 1 and 144 crops writes records of one id
+    write(a, evaluation("4", [member(a, "bn_x30")], 144, 0.75, 0.95, "2026-01-02T00:00:00"))
     trio = [member(a, "bn_x30"), member(b, "bn_x30"), member(x5, "bn_x5")]
     ensemble = evaluation("5", trio, 144, 0.85, 0.97, "2026-01-04T00:00:00")
     for run in (a, b, x5):

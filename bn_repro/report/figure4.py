@@ -56,11 +56,12 @@ class Row:
 
 
 def read_records(runs: list[Run]) -> list[dict]:
-    """Every evaluation of the runs once: an ensemble's record is in each member's file."""
+    """Every evaluation of the runs once: an ensemble's record is in each member's file. One
+    command's records share an id: its members, crops and ensemble tell them apart."""
     seen, found = set(), []
     for run in runs:
         for record in evaluations.read(run.path):
-            key = (record["id"], tuple(m["run"] for m in record["members"]))
+            key = (record["id"], tuple(m["run"] for m in record["members"]), record["crops"])
             if key not in seen:
                 seen.add(key)
                 found.append(record)
