@@ -94,6 +94,16 @@ def test_the_distinct_crops_stand_for_all_144(height, width, distinct):
     assert torch.equal(crops[:, half:], crops[:, :half].flip(3))  # the mirrored half
 
 
+def test_the_single_crop_and_its_mirror_are_among_a_square_images_crops():
+    # At the first scale (37 = 32 / 0.875, rounded) the centre window is the single crop.
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    crops, _ = views(tuple(part[None] for part in multicrop_transform(32)(image)), 32)
+    single = val_transform(32)(image)
+    assert [k for k, crop in enumerate(crops[0]) if torch.equal(crop, single)] == [4]
+    assert torch.equal(crops[0, 4 + crops.shape[1] // 2], single.flip(1))  # left to right
+
+
 def test_multicrop_equals_single_crop_for_a_model_constant_over_crops():
     # Uniform images look the same in every crop, mirrored or resized: any network predicts
     # the same for all 144, so their mean probability is the single crop's softmax.
