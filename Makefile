@@ -31,10 +31,10 @@ DEMO_SWEEP := $(BIN)/torchrun --standalone --nproc_per_node=2 --no-python $(BIN)
 # Figure 4 on the demo's runs (bn-repro evaluate, two ranks): the ReLU BN networks, two seeds
 # each (six, as the paper's ensemble), at their best checkpoint with Algorithm 2's statistics
 # over 10 batches of 32 per rank, at 1 crop and at GoogLeNet's first 2 scales (72 crops), each
-# alone and all together as an ensemble. On this 2-core machine, shared: 3.5 minutes (2.8 of them
-# the 72 crops); all 4 scales (--crops 1,144) took twice as long, Algorithm 2 over trainer=mini's
-# 100 batches 3 minutes more. DEMO_ENSEMBLE: shell globs of run directories, to change with the
-# runs the demo trains.
+# alone and all together as an ensemble. On this 2-core machine, shared with others' jobs: 2.6 to
+# 3.5 minutes (the 72 crops 1.6 to 2.8); all 4 scales (--crops 1,144) take about twice as long,
+# Algorithm 2 over trainer=mini's 100 batches 3 minutes more. DEMO_ENSEMBLE: shell globs of run
+# directories, to change with the runs the demo trains.
 DEMO_ENSEMBLE = $(DEMO)/bn_baseline/x*/seed* $(DEMO)/bn_x5/x*/seed* $(DEMO)/bn_x30/x*/seed*
 DEMO_EVALUATE := $(BIN)/torchrun --standalone --nproc_per_node=2 --no-python $(BIN)/bn-repro \
 	evaluate --checkpoint best --crops 1,72 --batch 32 --population-batches 10
