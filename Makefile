@@ -28,6 +28,17 @@ DEMO := runs/demo/mini
 DEMO_SWEEP := $(BIN)/torchrun --standalone --nproc_per_node=2 --no-python $(BIN)/bn-repro train -m \
 	data=mini trainer=mini seed=0,1 'run_dir=$(DEMO)/$${name}/x$${optim.lr_multiplier}/seed$${seed}'
 
+# Figure 4 on the demo's runs (bn-repro evaluate, two ranks): the ReLU BN networks, two seeds
+# each (six, as the paper's ensemble), at their best checkpoint with Algorithm 2's statistics
+# over 10 batches of 32 per rank, at 1 crop and at GoogLeNet's first 2 scales (72 crops), each
+# alone and all together as an ensemble. On this 2-core machine, shared with others' jobs: 2.6 to
+# 3.5 minutes (the 72 crops 1.6 to 2.8); all 4 scales (--crops 1,144) take about twice as long,
+# Algorithm 2 over trainer=mini's 100 batches 3 minutes more. DEMO_ENSEMBLE: shell globs of run
+# directories, to change with the runs the demo trains.
+DEMO_ENSEMBLE = $(DEMO)/bn_baseline/x*/seed* $(DEMO)/bn_x5/x*/seed* $(DEMO)/bn_x30/x*/seed*
+DEMO_EVALUATE := $(BIN)/torchrun --standalone --nproc_per_node=2 --no-python $(BIN)/bn-repro \
+	evaluate --checkpoint best --crops 1,72 --batch 32 --population-batches 10
+
 demo: setup $(MINI)/prepared/manifest.json
 	@echo "bn-repro demo: 14 runs of 400 paper steps (6 experiments x 2 seeds, and Inception at"
 	@echo "5x its learning rate x 2 seeds), two ranks each, on the generated benchmark"
@@ -36,9 +47,10 @@ demo: setup $(MINI)/prepared/manifest.json
 	$(DEMO_SWEEP) experiment=inception optim.lr_multiplier=5 hydra.sweep.dir=$(DEMO)/sweeps/inception_x5
 	@echo "bn-repro demo: Figure 1, the MNIST network without and with BN (50,000 steps each)"
 	$(BIN)/bn-repro figure1 run_dir=$(DEMO)/figure1
+	$(DEMO_EVALUATE) $(DEMO_ENSEMBLE)
 	$(BIN)/bn-repro report $(DEMO) --out results/mini
 	@echo "Results: results/mini/figure3.md, figure2.png, lr_multipliers.md and .png,"
-	@echo "input_distributions.png, figure1.md, figure1.png and figure1_landscape.png;"
+	@echo "input_distributions.png, figure1.md, figure1.png, figure1_landscape.png, figure4.md;"
 	@echo "each run's records: $(DEMO)/<experiment>/x<multiplier>/seed<seed>/"
 
 # Loader images/s on this machine (results/bench/loader-cpu-*.json), from generated images of

@@ -9,6 +9,10 @@ from pathlib import Path
 from bn_repro.bench.commands import add_bench
 from bn_repro.errors import UserError, explain_os_error
 
+# bn_repro.data.multicrop.CROP_COUNTS, named here so that checking the arguments of evaluate does
+# not import torch: 1, or 36 for each of GoogLeNet's 4 scales used (144: all of them).
+CROP_COUNTS = (1, 36, 72, 108, 144)
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         add_verify,
         add_bench,
         add_figure1,
+        add_evaluate,
         add_report,
         add_paper,
     ):
@@ -269,6 +274,94 @@ def run_figure1(args: argparse.Namespace) -> None:
         )
 
 
+def add_evaluate(commands) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="evaluate trained runs at 1 or 144 crops, alone or as an ensemble (Figure 4)",
+        description="Evaluate each RUN_DIR's checkpoint on the validation set, every image once"
+        " over the ranks (one process, torchrun or srun, as train). Several RUN_DIRs are also an"
+        " ensemble: the mean of their class probabilities (Sec. 4.2.3), recorded beside each"
+        " member's own numbers. Records are appended to every RUN_DIR/evaluations.jsonl;"
+        " `bn-repro report` makes figure4.md from them.",
+    )
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    parser.add_argument(
+        "--checkpoint",
+        default="latest",
+        metavar="WHICH",
+        help="latest (the newest step checkpoint, the default), best (checkpoints/best.pt: the"
+        " evaluation with the run's best top-1), or a file of RUN_DIR/checkpoints/ or a path",
+    )
+    parser.add_argument(
+        "--bn-stats",
+        choices=("population", "running"),
+        default="population",
+        help="BN statistics: recomputed over training batches as Algorithm 2 does, as the"
+        " trainer's final evaluation (the default), or the checkpoint's running averages",
+    )
+    parser.add_argument(
+        "--population-batches",
+        type=int,
+        metavar="N",
+        help="training batches per rank for Algorithm 2 (default: each run's"
+        " trainer.population_batches)",
+    )
+    parser.add_argument(
+        "--crops",
+        default="1",
+        metavar="1|144|1,144",
+        help="1: the shorter side resized, the centre crop (training's evaluation); 144:"
+        " GoogLeNet's 4 scales x 3 squares x 6 crops x 2 mirrors; 36, 72 or 108: its first 1, 2"
+        " or 3 scales only (quicker); several, comma-separated, in one run (default 1)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        metavar="IMAGES",
+        help="images per rank and batch (default: the run's trainer.eval_batch_per_rank at 1"
+        " crop, 1/32 of it at several)",
+    )
+    parser.add_argument("--data-root", help="the prepared data, if not the runs' data.root")
+    parser.add_argument("--loader", choices=("dali", "torch"), help="default: the runs' loader")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="default: the runs' trainer.device"
+    )
+    parser.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from bn_repro.schema import DataLoaderKind, Device
+
+    try:
+        crops = tuple(int(c) for c in args.crops.split(","))
+    except ValueError:
+        crops = ()
+    if not crops or set(crops) - set(CROP_COUNTS) or len(set(crops)) < len(crops):
+        raise UserError(
+            f"--crops {args.crops}: give one or more of {', '.join(map(str, CROP_COUNTS))},"
+            " e.g. 1,144"
+        )
+    if any(n is not None and n < 1 for n in (args.batch, args.population_batches)):
+        raise UserError("--batch and --population-batches must be at least 1")
+    from bn_repro.evaluate.members import Settings  # torch: after the arguments are checked
+    from bn_repro.evaluate.run import Options, evaluate
+
+    settings = Settings(
+        args.data_root,
+        args.loader and DataLoaderKind(args.loader),
+        args.device and Device(args.device),
+    )
+    options = Options(
+        args.checkpoint, args.bn_stats, args.population_batches, crops, args.batch, settings
+    )
+    for record in evaluate(args.run_dirs, options):
+        names = " + ".join(member["run"] for member in record["members"])
+        print(
+            f"{names}: {record['crops']} crop(s), {record['bn_stats']} BN statistics:"
+            f" top-1 {record['top1']:.4f}, top-5 {record['top5']:.4f} ({record['count']} images)"
+        )
+
+
 def add_report(commands) -> None:
     parser = commands.add_parser(
         "report",
@@ -278,7 +371,8 @@ def add_report(commands) -> None:
         " and write figure3.md/.csv, figure2.png/.svg, lr_multipliers.md/.png,"
         " input_distributions.png/.csv (where the runs recorded them) and README.md to --out,"
         " beside the paper's numbers; for runs of `bn-repro figure1`, figure1.md/.png/.csv and"
-        " figure1_landscape.png/.csv.",
+        " figure1_landscape.png/.csv; figure4.md/.csv where runs have evaluations (bn-repro"
+        " evaluate).",
     )
     parser.add_argument("paths", type=Path, nargs="+", metavar="RUN_OR_SWEEP_DIR")
     parser.add_argument("--out", type=Path, required=True)

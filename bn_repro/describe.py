@@ -33,8 +33,11 @@ def describe(cfg: RunConfig, world_size: int = 1, images_per_s: float | None = N
         f"model: Inception (Fig. 5), {model_cfg.stem.value} first convolution, 4c/4d pool"
         f" projections {model_cfg.pool_proj_4cd}, auxiliary heads"
         f" {'on' if model_cfg.aux_heads else 'off'}",
+        f"  initial convolution weights {model_cfg.conv_init_scale:g} x He's (ReLU) or Xavier's"
+        f" (sigmoid); per-activation BN in"
+        f" {', '.join(model_cfg.per_activation_bn) or 'no module'} (Sec. 4.2.3)",
     ]
-    model = build_model(model_cfg, cfg.data.num_classes)
+    model = build_model(model_cfg, cfg.data.num_classes, cfg.data.image_size)
     rows = layer_table(model, cfg.data.image_size)
     size = cfg.data.image_size
     lines.append(f"layers for one 3x{size}x{size} image, {cfg.data.num_classes} classes:")

@@ -29,7 +29,7 @@ DROPOUT = 0.4
 class Acceleration:
     """Sec. 4.2.1 "Accelerating BN Networks", the changes BN-x5, BN-x30 and BN-x5-Sigmoid make."""
 
-    dropout: bool = False  # "Remove Dropout"
+    dropout: float = 0.0  # "Remove Dropout": its probability becomes 0
     l2_divisor: float = 5.0  # "Reduce the L2 weight regularization ... by a factor of 5"
     decay_speedup: float = 6.0  # "Accelerate the learning rate decay ... 6 times faster"
     lrn: bool = False  # "Remove Local Response Normalization"
@@ -47,6 +47,26 @@ BN_X30_PEAK_STEPS = 6.0e6
 # Sec. 4.2.2: Inception with the sigmoid and without BN "never achieves better than 1/1000
 # accuracy", chance on ILSVRC2012's 1000 classes.
 SIGMOID_INCEPTION_MAX_TOP1 = 1 / 1000
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Sec. 4.2.3, the BN-Inception ensemble of Fig. 4: "Each was based on BN-x30, modified via
+    some of the following: increased initial weights in the convolutional layers; using Dropout
+    (with the Dropout probability of 5% or 10%, vs. 40% for the original Inception); and using
+    non-convolutional, per-activation Batch Normalization with last hidden layers of the model.
+    Each network achieved its maximum accuracy after about 6*10^6 training steps. The ensemble
+    prediction was based on the arithmetic average of class probabilities predicted by the
+    constituent networks." Which member had which change, and how much larger the weights
+    were, the paper does not say (configs/experiment/ensemble/ chooses)."""
+
+    members: int = 6
+    dropout_low: float = 0.05  # "Dropout probability of 5% or 10%"
+    dropout_high: float = 0.10
+    peak_steps: float = 6.0e6  # "maximum accuracy after about 6*10^6 training steps"
+
+
+ENSEMBLE = Ensemble()
 
 # Fig. 3 and Sec. 4.2.2: Inception's maximum single-crop top-1 on the ILSVRC2012 validation
 # set, the accuracy every other network is timed to.

@@ -104,6 +104,7 @@ RULES = {
     "positive": (lambda v: v > 0, "must be positive"),
     "non_negative": (lambda v: v >= 0, "must be zero or more"),
     "fraction": (lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
+    "probability_below_one": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
 }
 
 
@@ -117,6 +118,10 @@ def non_negative() -> Any:
 
 def fraction() -> Any:
     return field(default=MISSING, metadata={"rule": "fraction"})
+
+
+def probability_below_one() -> Any:
+    return field(default=MISSING, metadata={"rule": "probability_below_one"})
 
 
 def one_of(choices: tuple[str, ...], what: str, null: str) -> Any:
@@ -133,12 +138,15 @@ class ModelConfig:
     norm: Norm = MISSING
     activation: Activation = MISSING
     lrn: bool = MISSING
-    dropout: bool = MISSING
+    dropout: float = probability_below_one()  # before the classifier; 0: no dropout layer
     stem: Stem = MISSING
     pool_proj_4cd: int = positive()
     aux_heads: bool = MISSING
     bn_eps: float = positive()
     bn_momentum: float = fraction()
+    conv_init_scale: float = positive()  # multiplies every convolution's initial weights
+    # Inception modules (Fig. 5 names, e.g. 5b) whose BN normalizes each activation on its own
+    per_activation_bn: list[str] = MISSING
 
 
 @dataclass
@@ -294,6 +302,11 @@ def check(cfg: RunConfig) -> None:
     _check_fields(cfg, "")
     if cfg.data.kind == DataKind.synthetic and cfg.data.synthetic is None:
         raise ConfigError("data.kind=synthetic needs a data.synthetic section: use data=synthetic")
+    if cfg.model.per_activation_bn and cfg.model.norm is not Norm.batchnorm:
+        raise ConfigError(
+            f"model.per_activation_bn={cfg.model.per_activation_bn} asks for BN in a network"
+            " without it: set model.norm=batchnorm, or model.per_activation_bn=[]"
+        )
 
 
 def _check_fields(node, prefix: str) -> None:

@@ -34,7 +34,8 @@ def run_config(experiment: str, *overrides: str) -> RunConfig:
 
 
 def model_of(experiment: str, *overrides: str, num_classes: int = 1000) -> nn.Module:
-    return build_model(run_config(experiment, *overrides).model, num_classes)
+    cfg = run_config(experiment, *overrides)
+    return build_model(cfg.model, num_classes, cfg.data.image_size)
 
 
 def kill_after_first_checkpoint(command: list, run_dir: Path) -> None:

@@ -48,7 +48,7 @@ def test_the_fused_optimizer_makes_the_same_update(experiment):
     weights = []
     for fused in (False, True):
         torch.manual_seed(0)
-        model = model_of(experiment, "model.dropout=false", num_classes=10)
+        model = model_of(experiment, "model.dropout=0", num_classes=10)
         optimizer = build_optimizer(model, hp, fused=fused)
         for _ in range(2):  # the momentum buffer is at work in the second step
             optimizer.zero_grad()

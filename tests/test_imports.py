@@ -36,6 +36,8 @@ def test_models_data_and_the_training_loop_run_without_hydra():
         ["report", "--help"],
         ["figure1", "--help"],
         ["figure1", "train.lrr=1"],
+        ["evaluate", "--help"],
+        ["evaluate", "runs/x", "--crops", "12"],  # checked before any import
     ],
 )
 def test_help_and_config_errors_import_no_torch_dali_or_matplotlib(argv):

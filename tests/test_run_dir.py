@@ -20,7 +20,7 @@ import torch
 from bn_repro.errors import explain_os_error
 from bn_repro.files import write_json
 from bn_repro.train import checkpoint, lock
-from bn_repro.train.checkpoint import CheckpointError, checkpoints, load_latest, save
+from bn_repro.train.checkpoint import CheckpointError, checkpoints, load_latest, save, save_best
 from bn_repro.train.lock import LOCK_NAME, STALE_AFTER_S, Holder, RunDirBusy, acquire
 from bn_repro.train.loop import PREEMPTED, STOPPED, stop_code, stop_on_signals
 from bn_repro.train.records import Records, read_metrics
@@ -250,16 +250,19 @@ def test_only_the_trainers_own_names_are_checkpoints_and_the_others_are_left_alo
 ):
     save(tmp_path, 10, PAYLOAD, keep=1)
     directory = tmp_path / "checkpoints"
-    strangers = ["step_0000000010 (copy).pt", "step_0000000010.pt~", "best.pt"]
+    strangers = ["step_0000000010 (copy).pt", "step_0000000010.pt~", "latest.pt"]
     for name in strangers:
         (directory / name).write_bytes((directory / "step_0000000010.pt").read_bytes())
     (directory / "step_0000000015.pt.tmp").write_bytes(b"a save killed half way")
+    save_best(tmp_path, {**PAYLOAD, "progress": {"step": 12}})  # the trainer's, never resumed
     caplog.set_level("INFO")
     assert load_latest(tmp_path)["progress"] == {"step": 10}
     assert "left alone" in caplog.text and all(name in caplog.text for name in strangers)
+    assert "best.pt" not in caplog.text
     save(tmp_path, 20, PAYLOAD, keep=1)
     assert checkpoints(tmp_path) == [directory / "step_0000000020.pt"]
-    assert sorted(p.name for p in directory.iterdir()) == sorted(["step_0000000020.pt", *strangers])
+    kept = ["step_0000000020.pt", "best.pt", *strangers]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(kept)
 
 
 class Foreign:

@@ -94,6 +94,15 @@ def test_a_run_leaves_its_records(uninterrupted):
     assert (hparams["batch_per_rank"], hparams["global_batch"]) == (8, 8)
 
 
+def test_the_best_evaluation_keeps_its_weights_apart_from_the_step_checkpoints(uninterrupted):
+    best = torch.load(uninterrupted / "checkpoints" / "best.pt", weights_only=True)
+    done = summary(uninterrupted)
+    assert best["progress"]["max_top1"] == done["max_top1"]
+    assert best["progress"]["step"] * 8 == 32 * done["paper_steps_at_max_top1"]  # its step
+    assert {"model", "progress", "loader", "config"} <= best.keys()
+    assert "optimizer" not in best and "best.pt" not in [p.name for p in checkpoints(uninterrupted)]
+
+
 def test_tensorboard_holds_the_numbers_of_metrics_jsonl(uninterrupted):
     events = EventAccumulator(str(uninterrupted / "tensorboard")).Reload()
     records = read_metrics(uninterrupted)
@@ -159,13 +168,13 @@ def test_two_ranks_train_as_one_process_with_their_joint_batch(tmp_path):
     # 4 optimizer steps: later, training amplifies rounding differences as it amplifies any
     # (measured: 7e-7 apart after 4 steps, 6e-4 after 8, 5e-2 after 20: the early steps of
     # He's initialization take large, sensitive steps).
-    overrides = ("experiment=inception", "model.dropout=false", "trainer.max_paper_steps=1")
+    overrides = ("experiment=inception", "model.dropout=0", "trainer.max_paper_steps=1")
     one, two = tmp_path / "one", tmp_path / "two"
     for run_dir, ranks in ((one, 1), (two, 2)):
         result = train(run_dir, *overrides, f"trainer.batch_per_rank={8 // ranks}", ranks=ranks)
         assert result.returncode == 0, result.stderr
     torch.manual_seed(0)  # the trainer's initial weights (seed 0)
-    initial = model_of("inception", "model.dropout=false", num_classes=10).state_dict()
+    initial = model_of("inception", "model.dropout=0", num_classes=10).state_dict()
     a, b = final_weights(one), final_weights(two)
     moved = sum((a[k] - initial[k]).norm() ** 2 for k in a) ** 0.5
     apart = sum((a[k] - b[k]).norm() ** 2 for k in a) ** 0.5

@@ -70,7 +70,7 @@ def overrides(
 
 def training_flops(cfg: RunConfig) -> int:
     """Training FLOPs per image of the run's network at its image size."""
-    model = build_model(cfg.model, cfg.data.num_classes)
+    model = build_model(cfg.model, cfg.data.num_classes, cfg.data.image_size)
     return PASSES * FLOPS_PER_MULTIPLY_ADD * training_multiply_adds(model, cfg.data.image_size)
 
 

@@ -20,6 +20,11 @@ class DataSource(Protocol):
     def val_batches(self) -> Iterator[Batch]:
         """This rank's share of the validation set; every image on exactly one rank."""
 
+    def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
+        """val_batches for evaluation at `crops` crops (144: GoogLeNet's), `batch` images at a
+        time: each image's squares at every scale (multicrop.MultiCropSquares), a tuple of
+        uint8 tensors."""
+
     def state(self) -> dict | None:
         """The reader's position and random state beyond (epoch, batch), for checkpoints."""
 

@@ -26,6 +26,7 @@ from bn_repro.data.augment import (
     VAL_CROP_FRACTION,
     resize,
 )
+from bn_repro.data.multicrop import SQUARES, MultiCropSquares, scales
 from bn_repro.data.prepared import check_classes, folder_items, read_manifest, shard_paths
 from bn_repro.data.synthetic import Batch
 from bn_repro.schema import ConfigError, DaliDecode, DataConfig, DataFormat, Photometric, Shuffle
@@ -203,6 +204,68 @@ def val_pipeline(
     return images, _on_device(labels, gpu)
 
 
+@pipeline_def
+def multicrop_pipeline(
+    cfg: DataConfig,
+    source: dict,
+    rank: int,
+    world_size: int,
+    gpu: bool,
+    shuffle_seed: int,
+    crops: int,
+    native: bool,
+):
+    """Validation at `crops` crops: each image's squares at every scale (multicrop.py). native:
+    with DALI's own slice and resize (on the GPU); else augment.resize's, as the fallback."""
+    jpegs, labels = _read(source, rank, world_size, False, shuffle_seed)
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder(cfg, gpu))
+    if native:
+        parts = _native_squares(images, cfg, crops)
+    else:
+        parts = fn.python_function(
+            images,
+            function=_CpuMultiCrop(cfg.image_size, crops, _threads(cfg)),
+            batch_processing=True,
+            num_outputs=len(scales(cfg.image_size, crops)) + 1,
+        )
+    return (*parts, _on_device(labels, gpu))
+
+
+def _native_squares(images, cfg: DataConfig, crops: int) -> list:
+    """multicrop.MultiCropSquares in DALI's operators: the squares of multicrop.squares, each
+    resized to every scale and to the crop size, stacked (3, L, L, 3)."""
+    shape = images.shape()
+    height, width = shape[0], shape[1]
+    side = dali_math.min(height, width)
+    cut = [
+        fn.slice(
+            images,
+            fn.stack(((height - side) * k + 1) // 2, ((width - side) * k + 1) // 2),
+            fn.stack(side, side),
+            axes=[0, 1],
+        )
+        for k in range(SQUARES)
+    ]
+    sizes = (*scales(cfg.image_size, crops), cfg.image_size)
+    return [fn.stack(*[_resize(c, [size, size], cfg, True) for c in cut]) for size in sizes]
+
+
+class _CpuMultiCrop:
+    """fn.python_function on the CPU: MultiCropSquares for each image of the batch, the images
+    shared among `threads` threads (torch's resize runs without the GIL)."""
+
+    def __init__(self, size: int, crops: int, threads: int):
+        self.transform = MultiCropSquares(size, crops)
+        self.pool = ThreadPoolExecutor(threads)
+
+    def __call__(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], ...]:
+        done = list(self.pool.map(self._cut, images))
+        return tuple(list(outputs) for outputs in zip(*done, strict=True))
+
+    def _cut(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(part.numpy() for part in self.transform(torch.from_numpy(image)))
+
+
 def dali_train_pipeline(
     cfg: DataConfig,
     source: dict,
@@ -282,6 +345,7 @@ class DaliData:
         self.restored = checkpoint is not None
         # pinned host batches let the trainer's copy stream overlap the step before (loop.Compute)
         self.pin_memory = pin_memory
+        self.multicrop_source = (cfg, val, rank, world_size, device_id, seed)
         self.train = DALIGenericIterator(
             [train_pipe],
             ["images", "labels"],
@@ -321,6 +385,32 @@ class DaliData:
         """The train pipeline's position and random state, for the checkpoint, with the pipeline
         it belongs to: a run resumed on another device builds the other one."""
         return {"pipeline": self.pipeline, "checkpoint": self.train.checkpoints()[0]}
+
+    def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
+        cfg, source, rank, world_size, device_id, seed = self.multicrop_source
+        pipe = multicrop_pipeline(
+            cfg,
+            source,
+            rank,
+            world_size,
+            device_id is not None,
+            seed,
+            crops,
+            device_id is not None,  # DALI's operators on the GPU; augment.resize on the CPU
+            seed=seed,
+            **_pipeline_options(cfg, batch, device_id),
+        )
+        parts = [f"part{k}" for k in range(len(scales(cfg.image_size, crops)) + 1)]
+        reader = DALIGenericIterator(
+            [pipe],
+            [*parts, "labels"],
+            reader_name=READER,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+        )
+        for outputs in reader:
+            labels = outputs[0]["labels"].reshape(-1).to(torch.int64)
+            if len(labels):  # PARTIAL can leave a rank an empty last batch
+                yield tuple(outputs[0][name] for name in parts), labels
 
 
 def _restorable(state: dict | None, pipeline: str) -> str | None:

@@ -70,6 +70,12 @@ class SyntheticData:
         for chosen in val_batches(self.val_size, self.rank, self.world_size, self.val_batch):
             yield self._take(self.val_images, self.val_labels, chosen)
 
+    def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
+        raise ConfigError(
+            "data.kind=synthetic has no images to cut crops from: evaluate several crops on"
+            " prepared data (data.kind=prepared), or 1 crop"
+        )
+
     def _take(self, images: torch.Tensor, labels: torch.Tensor, chosen: torch.Tensor) -> Batch:
         chosen = chosen.to(self.device, non_blocking=True)  # no wait: a host index, copied
         return images.index_select(0, chosen), labels.index_select(0, chosen)

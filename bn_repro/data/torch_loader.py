@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from bn_repro.data.augment import train_transform, val_transform
+from bn_repro.data.multicrop import multicrop_transform
 from bn_repro.data.prepared import Item, check_classes, folder_items, read_manifest, shard_items
 from bn_repro.data.sharding import batches_per_epoch, epoch_order, train_batches, val_batches
 from bn_repro.data.synthetic import Batch
@@ -43,6 +44,7 @@ class TorchData:
         self.val_batch = val_batch or batch
         self.train_transform = train_transform(cfg.image_size, cfg.photometric)
         self.val_transform = val_transform(cfg.image_size)
+        self.image_size = cfg.image_size
         self.workers, self.prefetch, self.pin_memory = cfg.workers, cfg.prefetch, pin_memory
 
     @property
@@ -59,6 +61,11 @@ class TorchData:
     def val_batches(self) -> Iterator[Batch]:
         batches = val_batches(len(self.val), self.rank, self.world_size, self.val_batch)
         return self._load(_Batches(self.val, batches, self.val_transform, None))
+
+    def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
+        batches = val_batches(len(self.val), self.rank, self.world_size, batch)
+        transform = multicrop_transform(self.image_size, crops)
+        return self._load(_Batches(self.val, batches, transform, None))
 
     def state(self) -> None:
         return None  # the position is the epoch and batch the trainer keeps
@@ -96,4 +103,6 @@ class _Batches(Dataset):
             with Image.open(source) as image:
                 images.append(self.transform(image))
             labels.append(item.label)
+        if isinstance(images[0], tuple):  # multicrop_transform's parts, each batched
+            return tuple(map(torch.stack, zip(*images, strict=True))), torch.tensor(labels)
         return torch.stack(images), torch.tensor(labels)

@@ -4,5 +4,5 @@ from bn_repro.models.inception import Inception
 from bn_repro.schema import ModelConfig
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    return Inception(cfg, num_classes)
+def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    return Inception(cfg, num_classes, image_size)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bn_repro import paper
 from bn_repro.models.layers import NormAct
-from bn_repro.schema import Activation, ModelConfig, Stem
+from bn_repro.schema import Activation, ConfigError, ModelConfig, Stem
 
 
 @dataclass(frozen=True)
@@ -107,11 +106,13 @@ class AuxHead(nn.Module):
 
 
 class Inception(nn.Module):
-    """Fig. 5. In training with aux heads on, forward returns (logits, aux_logits)."""
+    """Fig. 5 for image_size x image_size inputs. In training with aux heads on, forward returns
+    (logits, aux_logits)."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int):
+    def __init__(self, cfg: ModelConfig, num_classes: int, image_size: int):
         super().__init__()
         style = NormAct(cfg.norm, cfg.activation, cfg.bn_eps, cfg.bn_momentum)
+        per_activation = _per_activation_sizes(cfg.per_activation_bn, image_size)
         trunk = OrderedDict(conv1=_first_conv(cfg.stem, style))
         # Stride-2 pools pad by 1 so they halve any size exactly as the stride-2 convolutions do.
         trunk["pool1"] = nn.MaxPool2d(3, 2, padding=1)
@@ -129,22 +130,25 @@ class Inception(nn.Module):
         for spec in FIGURE_5:
             if spec.name in ("4c", "4d"):
                 spec = dataclasses.replace(spec, proj=cfg.pool_proj_4cd)
-            module = InceptionModule(spec, channels, style)
+            size = per_activation.get(spec.name)
+            module = InceptionModule(
+                spec, channels, dataclasses.replace(style, per_activation_size=size)
+            )
             trunk[f"inception_{spec.name}"] = module
             channels = module.out_channels
             if cfg.aux_heads and spec.name in AUX_AFTER:
                 aux_heads[f"inception_{spec.name}"] = AuxHead(
-                    channels, num_classes, style, cfg.dropout
+                    channels, num_classes, style, cfg.dropout > 0
                 )
         # The 7x7/1 average pool of Fig. 5 covers the whole 7x7 map at 224 pixels: global pooling.
         trunk["avgpool"] = nn.AdaptiveAvgPool2d(1)
         trunk["flatten"] = nn.Flatten(1)
         if cfg.dropout:
-            trunk["dropout"] = nn.Dropout(paper.DROPOUT)
+            trunk["dropout"] = nn.Dropout(cfg.dropout)
         trunk["fc"] = nn.Linear(channels, num_classes)
         self.trunk = nn.Sequential(trunk)
         self.aux_heads = nn.ModuleDict(aux_heads)
-        _init_weights(self, cfg.activation)
+        _init_weights(self, cfg.activation, cfg.conv_init_scale)
 
     def forward(self, x: torch.Tensor):
         aux_logits = []
@@ -169,7 +173,31 @@ def _first_conv(stem: Stem, style: NormAct) -> nn.Module:
     )
 
 
-def _init_weights(model: nn.Module, activation: Activation) -> None:
+def _per_activation_sizes(names: list[str], image_size: int) -> dict[str, int]:
+    """The size of the maps inside each named module, for its per-activation BN. Every
+    stride-2 layer before a module halves the maps, rounding up (padding 'SAME'): conv1, pool1,
+    pool2, then the modules 3c and 4e."""
+    strided = {row.name for row in FIGURE_5 if not row.proj}
+    eligible = [row.name for row in FIGURE_5 if row.proj]
+    unknown = [name for name in names if name not in eligible]
+    if unknown:
+        raise ConfigError(
+            f"model.per_activation_bn={names}: {unknown} not among Fig. 5's stride-1 Inception"
+            f" modules ({' and '.join(sorted(strided))} halve the maps inside them): choose"
+            f" among {', '.join(eligible)}"
+        )
+    size, sizes = image_size, {}
+    for _ in range(3):  # conv1, pool1, pool2
+        size = -(-size // 2)
+    for row in FIGURE_5:
+        if row.name in names:
+            sizes[row.name] = size
+        if row.name in strided:
+            size = -(-size // 2)
+    return sizes
+
+
+def _init_weights(model: nn.Module, activation: Activation, conv_scale: float) -> None:
     """The paper gives no initialization: the one made for the nonlinearity, zero biases, and
     BN's gamma = 1, beta = 0 (PyTorch's defaults). For ReLU, He et al. (2015): weights of
     variance 2/fan-in keep a signal's scale through the layers. Xavier's variance (Glorot &
@@ -177,7 +205,9 @@ def _init_weights(model: nn.Module, activation: Activation) -> None:
     it at every ReLU, and the network without BN starts with almost no signal at its output:
     Inception's training loss stayed at ln(classes) for 300 steps of the generated benchmark,
     where with He's it fell from the start. The paper's Inception trained; so must ours. The
-    sigmoid networks, and the classifiers (no nonlinearity follows them), keep Xavier's."""
+    sigmoid networks, and the classifiers (no nonlinearity follows them), keep Xavier's.
+    conv_scale enlarges the convolutions' weights, as in some of the ensemble's members
+    (Sec. 4.2.3)."""
     classifiers = [model.trunk.fc, *(head.classifier for head in model.aux_heads.values())]
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
@@ -185,6 +215,9 @@ def _init_weights(model: nn.Module, activation: Activation) -> None:
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             else:
                 nn.init.xavier_uniform_(module.weight)
+            if isinstance(module, nn.Conv2d):
+                with torch.no_grad():
+                    module.weight.mul_(conv_scale)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 

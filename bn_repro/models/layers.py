@@ -7,19 +7,46 @@ takes its role, and convolutional BN keeps one gamma/beta per feature map.
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from bn_repro.schema import Activation, Norm
 
 
+class PerActivationBatchNorm(nn.BatchNorm1d):
+    """BN as Algorithm 1 states it, for each activation on its own: every (channel, row, column)
+    of a (N, C, H, W) map has its own mean and variance over the mini-batch and its own gamma
+    and beta, where convolutional BN (Sec. 3.2) shares them over a feature map's positions.
+    Sec. 4.2.3's "non-convolutional, per-activation Batch Normalization", which some ensemble
+    members use in their last hidden layers. The maps' size is fixed at construction."""
+
+    def __init__(self, channels: int, size: int, eps: float, momentum: float):
+        super().__init__(channels * size * size, eps=eps, momentum=momentum)
+        self.map_shape = (channels, size, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.map_shape:
+            raise ValueError(
+                f"per-activation BN of {self.map_shape} maps got {tuple(x.shape[1:])}: the"
+                " network was built for another image size (data.image_size)"
+            )
+        out = super().forward(x.flatten(1)).view(x.shape)
+        if x.is_contiguous(memory_format=torch.channels_last):  # as the layers around it
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+
 @dataclass(frozen=True)
 class NormAct:
-    """How every weight layer ends: optional BN on the pre-activation, then the nonlinearity."""
+    """How every weight layer ends: optional BN on the pre-activation, then the nonlinearity.
+    per_activation_size: the size of the (square) maps whose BN normalizes per activation; None:
+    convolutional BN."""
 
     norm: Norm
     activation: Activation
     bn_eps: float
     bn_momentum: float
+    per_activation_size: int | None = None
 
     def conv(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Module:
         conv = nn.Conv2d(
@@ -30,15 +57,22 @@ class NormAct:
             padding=kernel // 2,
             bias=self.norm is Norm.none,
         )
-        return self._finish(conv, nn.BatchNorm2d, out_channels)
+        return self._finish(conv, self._conv_bn(out_channels))
 
     def linear(self, in_features: int, out_features: int) -> nn.Module:
         linear = nn.Linear(in_features, out_features, bias=self.norm is Norm.none)
-        return self._finish(linear, nn.BatchNorm1d, out_features)
+        bn = nn.BatchNorm1d(out_features, eps=self.bn_eps, momentum=self.bn_momentum)
+        return self._finish(linear, bn)
 
-    def _finish(self, layer: nn.Module, batchnorm: type, channels: int) -> nn.Sequential:
+    def _conv_bn(self, channels: int) -> nn.Module:
+        if self.per_activation_size is None:
+            return nn.BatchNorm2d(channels, eps=self.bn_eps, momentum=self.bn_momentum)
+        size = self.per_activation_size
+        return PerActivationBatchNorm(channels, size, self.bn_eps, self.bn_momentum)
+
+    def _finish(self, layer: nn.Module, bn: nn.Module) -> nn.Sequential:
         parts = OrderedDict(layer=layer)
         if self.norm is Norm.batchnorm:
-            parts["bn"] = batchnorm(channels, eps=self.bn_eps, momentum=self.bn_momentum)
+            parts["bn"] = bn
         parts["act"] = nn.ReLU(inplace=True) if self.activation is Activation.relu else nn.Sigmoid()
         return nn.Sequential(parts)

@@ -8,6 +8,7 @@ from bn_repro.errors import UserError
 from bn_repro.report import markdown
 from bn_repro.report.claims import judge
 from bn_repro.report.figure1 import figure1_runs, write_figure1
+from bn_repro.report.figure4 import write_figure4
 from bn_repro.report.figures import figure2, lr_plot
 from bn_repro.report.inputs import write_input_distributions
 from bn_repro.report.runs import Run, summaries, trainer_runs
@@ -40,6 +41,7 @@ def write_report(paths: list[Path], out: Path) -> list[Row]:
     figure2(runs, aims, out)
     lr_plot(points, out)
     write_input_distributions(runs, out)
+    write_figure4(runs, out)  # when the runs have evaluation records (bn-repro evaluate)
     (out / "README.md").write_text(markdown.readme(runs, paths))
     return rows
 

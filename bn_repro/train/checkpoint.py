@@ -1,7 +1,8 @@
 """Checkpoints: written atomically by rank 0, the last few kept, loaded as plain data only.
 
-Only the trainer's own names, step_<10 digits>.pt, are checkpoints; any other file in
-checkpoints/ (a copy, an editor's backup, a best.pt someone adds) is left alone."""
+Only the trainer's own names, step_<10 digits>.pt, are checkpoints to resume from; best.pt holds
+the best evaluation's weights, for `bn-repro evaluate`; any other file in checkpoints/ (a copy,
+an editor's backup) is left alone."""
 
 import logging
 import os
@@ -18,7 +19,8 @@ from bn_repro.files import naming
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"step_\d{10}\.pt")
-TEMPORARY = re.compile(r"step_\d{10}\.pt\.tmp")  # a save under way, or one killed
+BEST = "best.pt"  # the best evaluation's weights (save_best), never resumed from
+TEMPORARY = re.compile(r"(step_\d{10}|best)\.pt\.tmp")  # a save under way, or one killed
 # What save() puts in every checkpoint, beside the caller's extras.
 PAYLOAD_KEYS = {"model", "optimizer", "progress", "rng", "loader", "config"}
 
@@ -51,16 +53,43 @@ def strangers(run_dir: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     own = (NAME, TEMPORARY)
-    return sorted(p for p in directory.iterdir() if not any(n.fullmatch(p.name) for n in own))
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.name != BEST and not any(n.fullmatch(p.name) for n in own)
+    )
 
 
 def save(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
-    """Write the checkpoint under a temporary name, then rename it: a reader, or a resume after
-    a crash or a full disk, sees the older checkpoints or the new one whole. The older ones go
-    only once the new one is complete; a save that fails leaves no temporary file."""
+    """A step checkpoint (_write); the older ones go only once the new one is complete."""
     directory = checkpoint_dir(run_dir)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / checkpoint_name(step)
+    _write(path, payload)
+    for old in checkpoints(run_dir)[:-keep]:
+        old.unlink()
+    for unfinished in directory.iterdir():  # of saves killed before: this run owns run_dir
+        if TEMPORARY.fullmatch(unfinished.name):
+            unfinished.unlink()
+    return path
+
+
+def best_path(run_dir: Path) -> Path:
+    """The checkpoint of the run's best evaluation so far (Trainer.save_best); no step
+    checkpoint, so resuming never starts from it."""
+    return checkpoint_dir(run_dir) / BEST
+
+
+def save_best(run_dir: Path, payload: dict) -> Path:
+    path = best_path(run_dir)
+    _write(path, payload)
+    return path
+
+
+def _write(path: Path, payload: dict) -> None:
+    """Write under a temporary name, then rename: a reader, or a resume after a crash or a full
+    disk, sees the older file or the new one whole; a write that fails leaves no temporary
+    file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".pt.tmp")
     try:
         with naming(temporary), temporary.open("wb") as file:
@@ -72,12 +101,6 @@ def save(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
         with suppress(OSError):
             temporary.unlink()
         raise
-    for old in checkpoints(run_dir)[:-keep]:
-        old.unlink()
-    for unfinished in directory.iterdir():  # of saves killed before: this run owns run_dir
-        if TEMPORARY.fullmatch(unfinished.name):
-            unfinished.unlink()
-    return path
 
 
 def load_latest(run_dir: Path) -> dict | None:

@@ -22,9 +22,10 @@ from bn_repro.data import DataSource
 from bn_repro.data.augment import normalize
 from bn_repro.hparams import EffectiveHparams
 from bn_repro.models.inception import AUX_WEIGHT
-from bn_repro.models.population_stats import batchnorms, population_statistics
+from bn_repro.models.population_stats import batchnorms
 from bn_repro.train import checkpoint
 from bn_repro.train.distributed import Dist, all_reduce, average_bn_statistics
+from bn_repro.train.evaluation import count_correct, population_bn
 from bn_repro.train.probe import InputProbe
 from bn_repro.train.records import Records
 from bn_repro.train.schedule import lr_at
@@ -189,12 +190,7 @@ class Trainer:
         return self.batches
 
     def _batches(self, progress: Progress) -> Iterator:
-        while True:
-            for batch in self.timed(self.data.train_epoch(progress.epoch, progress.batch_in_epoch)):
-                progress.batch_in_epoch += 1
-                yield batch
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
+        return train_stream(self.data, progress, self.timed)
 
     def step_boundary(self, progress: Progress) -> str | None:
         """Logs, evaluations and checkpoints due after this step; the outcome if the run ends."""
@@ -299,7 +295,8 @@ class Trainer:
         if self.probe is not None:
             measured = self.probe.measure(self.model)
             self.records.write({"kind": "inputs", **self.plan.counters(progress), **measured})
-        update_best(progress, record, self.plan.target_top1)
+        if update_best(progress, record, self.plan.target_top1):
+            self.save_best(progress)
         self.records.write_file("summary.json", self.summary(progress, "running"))
         return record
 
@@ -315,57 +312,28 @@ class Trainer:
         (done,) = all_reduce([float(earlier is not None)], self.compute.device, ReduceOp.MAX)
         if done:
             return earlier
-        images = (self.compute.batch(*batch)[0] for batch in self.stream(progress))
-        with (
-            self.compute.autocast(),
-            population_statistics(
-                self.model,
-                images,
-                self.plan.population_batches,
-                lambda model: average_bn_statistics(model, self.dist.world_size),
-            ) as used,
-        ):
-            log.info("Algorithm 2: BN statistics over %d training batches per rank", used)
+        with population_bn(
+            self.model,
+            self.stream(progress),
+            self.plan.population_batches,
+            self.compute,
+            self.dist.world_size,
+        ) as used:
             return self.eval_record(progress, "population", population_batches=used)
 
-    @torch.no_grad()
     def eval_record(self, progress: Progress, bn_stats: str, **extra) -> dict:
-        """Top-1 and top-5 as exact counts over every validation image once, summed over ranks,
-        with the model outside DDP, counted on the device and read once; written to the
-        records. bn_stats names the BN statistics used: running, population or none."""
-        self.model.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.compute.device)
-        count = 0  # known on the host: no need to ask the device
-        for batch in self.data.val_batches():
-            images, labels = self.compute.batch(*batch)
-            with self.compute.autocast():
-                logits = self.model(images).float()
-            best = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            sums += torch.stack(
-                [
-                    (logits.argmax(1) == labels).sum(),
-                    (best == labels[:, None]).any(1).sum(),
-                    F.cross_entropy(logits, labels, reduction="sum"),
-                ]
-            ).double()
-            count += len(labels)
-        self.model.train()
-        totals = torch.cat([sums, sums.new_tensor([count])])
-        torch.distributed.all_reduce(totals)
-        top1, top5, loss, count = totals.tolist()
-        if count != self.data.val_size:
-            raise RuntimeError(f"evaluation counted {count:.0f} images, not {self.data.val_size}")
+        """Top-1 and top-5 as exact counts over every validation image once, summed over ranks
+        (evaluation.count_correct); written to the records. bn_stats names the BN statistics
+        used: running, population or none."""
+        counts = count_correct(
+            self.model, self.data.val_batches(), self.compute, self.data.val_size
+        )
         record = {
             "kind": "eval",
             **self.plan.counters(progress),
             "bn_stats": bn_stats,
             **extra,
-            "top1": top1 / count,
-            "top5": top5 / count,
-            "top1_correct": int(top1),
-            "top5_correct": int(top5),
-            "count": int(count),
-            "loss": loss / count,
+            **counts.fields(),
         }
         self.records.write(record)
         log.info(
@@ -389,20 +357,34 @@ class Trainer:
             rng.append(torch.cuda.get_rng_state(self.compute.device))
         every_rng = [None] * self.dist.world_size
         torch.distributed.all_gather_object(every_rng, rng)
-        loader_states = [None] * self.dist.world_size
-        torch.distributed.all_gather_object(loader_states, self.data.state())
+        payload = self.weights_and_place(progress)
         if self.dist.is_main:
-            payload = {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "progress": asdict(progress),
-                "rng": every_rng,
-                "loader": loader_states,
-                **self.checkpoint_extra,
-            }
+            payload |= {"optimizer": self.optimizer.state_dict(), "rng": every_rng}
             path = checkpoint.save(self.run_dir, progress.step, payload, self.plan.keep_checkpoints)
             log.info("checkpoint %s", path)
         self.last_checkpoint = time.monotonic()
+
+    def save_best(self, progress: Progress) -> None:
+        """checkpoints/best.pt: the weights of the evaluation with the run's best top-1 (BN's
+        running averages, as evaluated), where the run stood and each rank's loader state, so
+        that `bn-repro evaluate --checkpoint best` can also recompute Algorithm 2's statistics
+        from the training batches that followed it."""
+        payload = self.weights_and_place(progress)
+        if self.dist.is_main:
+            checkpoint.save_best(self.run_dir, payload)
+
+    def weights_and_place(self, progress: Progress) -> dict:
+        """What every checkpoint holds: the weights, the progress, every rank's loader state and
+        the run's config. A collective: every rank calls it; the ranks' BN statistics must
+        have been averaged."""
+        loader_states = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(loader_states, self.data.state())
+        return {
+            "model": self.model.state_dict(),
+            "progress": asdict(progress),
+            "loader": loader_states,
+            **self.checkpoint_extra,
+        }
 
     def diverged(self, progress: Progress) -> str:
         at = self.plan.paper_steps(progress.step)
@@ -437,14 +419,29 @@ class Trainer:
         }
 
 
-def update_best(progress: Progress, record: dict, target_top1: float | None) -> None:
-    if progress.max_top1 is None or record["top1"] > progress.max_top1:
+def update_best(progress: Progress, record: dict, target_top1: float | None) -> bool:
+    """Counts the evaluation towards the run's best and its steps to target; whether it is the
+    new best."""
+    improved = progress.max_top1 is None or record["top1"] > progress.max_top1
+    if improved:
         progress.max_top1 = record["top1"]
         progress.top5_at_max_top1 = record["top5"]
         progress.paper_steps_at_max_top1 = record["paper_steps"]
     reached = target_top1 is not None and record["top1"] >= target_top1
     if reached and progress.steps_to_target is None:
         progress.steps_to_target = record["paper_steps"]
+    return improved
+
+
+def train_stream(data: DataSource, progress: Progress, timed=iter) -> Iterator:
+    """The training batches from where progress stands, epoch after epoch, without end, counted
+    in progress; `timed` wraps each epoch's batches (Trainer.timed)."""
+    while True:
+        for batch in timed(data.train_epoch(progress.epoch, progress.batch_in_epoch)):
+            progress.batch_in_epoch += 1
+            yield batch
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
 
 
 def loss_of(output, labels: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bn_repro import paper
 from bn_repro.compose import CONFIG_DIR, register, to_object, validate
-from bn_repro.data import build_data
+from bn_repro.data import DataSource, build_data
 from bn_repro.data.fixed import fixed_train_batch
 from bn_repro.errors import UserError, explain_os_error
 from bn_repro.hparams import effective_hparams, recipe
@@ -94,23 +94,11 @@ def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Traine
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     hp = effective_hparams(cfg, dist.world_size)
     warn_if_bn_batch_differs(cfg.trainer.batch_per_rank, cfg.model.norm)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model, cfg.data.num_classes)
     compute = pick_compute(cfg, dist)
-    model.to(compute.device, memory_format=compute.memory_format)
+    model = build_run_model(cfg, compute)
     optimizer = build_optimizer(model, hp, fused=fused_optimizer(cfg, dist))
     progress, loader_state = resume(run_dir, resolved, hp.global_batch, model, optimizer, dist)
-    cuda_device = compute.device.index if compute.device.type == "cuda" else None
-    data = build_data(
-        cfg.data,
-        cfg.seed,
-        dist.rank,
-        dist.world_size,
-        cfg.trainer.batch_per_rank,
-        cuda_device,
-        loader_state,
-        val_batch=cfg.trainer.eval_batch_per_rank,
-    )
+    data = build_run_data(cfg, dist, compute, loader_state)
     if progress.step == 0:
         torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout draws differ between ranks
     records = Records(run_dir, progress.step, dist.is_main)
@@ -149,6 +137,32 @@ def build_probe(cfg: RunConfig, model, data, compute: Compute) -> InputProbe | N
     batch = fixed_train_batch(cfg.data, data, cfg.seed, cfg.trainer.probe_images)
     images = compute.batch(*batch)[0]
     return InputProbe(probe_blocks(model), images, cfg.trainer.probe_channel, compute.autocast)
+
+
+def build_run_model(cfg: RunConfig, compute: Compute) -> torch.nn.Module:
+    """The run's network, initialized from its seed (the same weights on every rank), on the
+    device in the step's memory format."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.data.num_classes, cfg.data.image_size)
+    return model.to(compute.device, memory_format=compute.memory_format)
+
+
+def build_run_data(
+    cfg: RunConfig, dist: Dist, compute: Compute, loader_state: dict | None
+) -> DataSource:
+    """This rank's training and validation data for the run, from a loader state (a checkpoint's)
+    when given one."""
+    cuda_device = compute.device.index if compute.device.type == "cuda" else None
+    return build_data(
+        cfg.data,
+        cfg.seed,
+        dist.rank,
+        dist.world_size,
+        cfg.trainer.batch_per_rank,
+        cuda_device,
+        loader_state,
+        val_batch=cfg.trainer.eval_batch_per_rank,
+    )
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:

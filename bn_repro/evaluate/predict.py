@@ -1,0 +1,49 @@
+"""What the evaluated networks predict for a batch of validation images: each member's scores at
+1 crop (logits, as the trainer counts them) or several (144: the log of its class probabilities
+averaged over the crops), and the ensemble's, the arithmetic mean of its members' class
+probabilities (Sec. 4.2.3)."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bn_repro.data.augment import normalize
+from bn_repro.data.multicrop import mean_probability, views
+from bn_repro.train.loop import Compute
+
+
+@torch.no_grad()
+def single_crop(
+    models: list[nn.Module], batch: tuple, compute: Compute
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each model's logits for a loader's batch of single crops, and the labels on the device."""
+    images, labels = compute.batch(*batch)
+    with compute.autocast():
+        return [model(images).float() for model in models], labels
+
+
+@torch.no_grad()
+def multi_crop(
+    models: list[nn.Module], batch: tuple, compute: Compute, size: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each model's log mean probabilities over the crops of every image of a loader's multicrop
+    batch (a tuple of squares, multicrop.MultiCropSquares), and the labels."""
+    parts, labels = batch
+    parts = tuple(part.to(compute.device, non_blocking=True) for part in parts)
+    crops, weights = views(parts, size)
+    count, per_image = crops.shape[:2]
+    images = normalize(crops.flatten(0, 1)).contiguous(memory_format=compute.memory_format)
+    scores = []
+    for model in models:
+        with compute.autocast():
+            logits = model(images).float()
+        log_probs = F.log_softmax(logits, dim=1).view(count, per_image, -1)
+        scores.append(mean_probability(log_probs, weights))
+    return scores, labels.to(compute.device, non_blocking=True)
+
+
+def ensemble(scores: list[torch.Tensor]) -> torch.Tensor:
+    """The log of the members' class probabilities averaged, from their logits or log
+    probabilities (N, classes) each."""
+    log_probs = torch.stack([F.log_softmax(s, dim=1) for s in scores], dim=1)
+    return mean_probability(log_probs, log_probs.new_ones(len(scores)))
