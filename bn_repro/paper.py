@@ -1,8 +1,8 @@
 """The numbers of Ioffe & Szegedy (2015), arXiv:1502.03167v3, each written once.
 
 Configs read them through the `${paper:NAME}` resolver (bn_repro.compose) and the report reads
-them from here. What the paper leaves open is not here: those choices live in configs/ with
-their sources (../shared/paper/SPEC.md, Sec. 3.2).
+them from here. What the paper leaves open is not here: those choices live in configs/, each
+with its source beside it.
 """
 
 from dataclasses import dataclass

@@ -16,10 +16,10 @@ CLASSIFIERS = {
 }
 
 # Parameters at 1000 classes. The default is the issue's 11,278,528. From it:
-# - dense first convolution: + 3*64*49 - (3*8*49 + 24*64) = +6,696, giving SPEC.md 1.5's
-#   independent count of the literal table (11,285,224);
+# - dense first convolution: + 3*64*49 - (3*8*49 + 24*64) = +6,696, giving the count of the
+#   literal table with a dense 7x7 (11,285,224);
 # - no BN: each normalized layer's 2C gamma/beta become C biases, - sum(C) = -10,016, the
-#   difference between the Caffe port with both (11,295,240, osmr/imgclsmob) and SPEC.md's count;
+#   difference between the Caffe port with both (11,295,240, osmr/imgclsmob) and that count;
 # - 96-channel projections in 4c/4d: 576*32 + 64 (4c), 32*384 + 608*128 - 576*96 + 64 (4d),
 #   32*320 (4e's 1x1 reduces), 32*832 (5a's 1x1s) = -90,240;
 # - aux heads on 4a (576 channels) and 4d (608): 2 * (2048*1024 + 2*1024 + 1024*1000 + 1000)
@@ -46,7 +46,7 @@ def test_parameter_counts(experiment, overrides, expected):
     "overrides, giga_macs",
     [
         ([], 1.95),  # "about 30% more compute than GoogLeNet" (1.5 G): 1.3 * 1.5 G
-        (["model.stem=dense"], 2.03),  # SPEC.md 1.5; osmr lists 2,048.06 M with biases counted
+        (["model.stem=dense"], 2.03),  # osmr/imgclsmob lists 2,048.06 M with biases counted
         (["model.pool_proj_4cd=96"], 1.93),
         (["model.aux_heads=true"], 1.95),  # the heads run only in training
     ],

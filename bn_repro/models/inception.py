@@ -3,7 +3,8 @@
 Module semantics follow GoogLeNet (Szegedy et al. 2014): four branches concatenated on channels
 (1x1; 1x1 then 3x3; 1x1 then two 3x3 in place of GoogLeNet's 5x5; 3x3 pooling then a 1x1
 projection). The stride-2 modules 3c and 4e drop the 1x1 branch, put the stride on the last 3x3
-of each branch and pass the input through a 3x3/2 max pool (SPEC.md 1.2).
+of each branch and pass the input through a 3x3/2 max pool, as GoogLeNet's stride-2 pooling and
+the paper's "max + pass through" rows say.
 """
 
 import dataclasses
@@ -37,8 +38,9 @@ FIGURE_5 = (
     ModuleSpec("3c", 0, 128, 160, 64, 96, "max", 0),
     ModuleSpec("4a", 224, 64, 96, 96, 128, "avg", 128),
     ModuleSpec("4b", 192, 96, 128, 96, 128, "avg", 128),
-    # 4c and 4d as printed sum to 608 channels, not the 576 printed beside them (SPEC.md 1.3);
-    # model.pool_proj_4cd=96 is the TF-slim reading that gives 576.
+    # 4c and 4d as printed: their branches (160 + 160 + 160 + 128) sum to 608 channels, not the
+    # 576 Fig. 5 prints as their output; model.pool_proj_4cd=96 is the TF-slim reading that
+    # gives 576.
     ModuleSpec("4c", 160, 128, 160, 128, 160, "avg", 128),
     ModuleSpec("4d", 96, 128, 192, 160, 192, "avg", 128),
     ModuleSpec("4e", 0, 128, 192, 192, 256, "max", 0),
@@ -119,7 +121,8 @@ class Inception(nn.Module):
         if cfg.lrn:
             trunk["lrn1"] = nn.LocalResponseNorm(**LRN)
         # Fig. 5 prints one row for the second convolution but gives "#3x3 reduce" 64 and "#3x3"
-        # 192: a 1x1 to 64 then a 3x3 to 192, as every reproduction builds it (SPEC.md 1.2).
+        # 192: a 1x1 to 64 then a 3x3 to 192, as GoogLeNet's second stage and every public
+        # BN-Inception port build it.
         trunk["conv2_reduce"] = style.conv(64, 64, 1)
         trunk["conv2"] = style.conv(64, 192, 3)
         if cfg.lrn:
