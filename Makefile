@@ -22,29 +22,28 @@ $(MINI)/archives/ILSVRC2012_devkit_t12.tar.gz: | setup
 $(MINI)/prepared/manifest.json: $(MINI)/archives/ILSVRC2012_devkit_t12.tar.gz
 	$(BIN)/bn-repro prepare --source $(MINI)/archives --out $(MINI)/prepared
 
-# make demo: the five variants and the sigmoid control, two seeds each, plus Inception at BN-x5's
-# learning rate, each run two gloo ranks (one torchrun, one Hydra sweep), then the report.
+# make demo: the five variants and the sigmoid control, and Inception and BN-Baseline at 5x their
+# learning rate, two seeds each: 16 runs of one process each (the paper's BN batch of 32 and its
+# rates), two at a time, one seed's sweep per core (demo-train-0 and -1, run by make -j2).
 DEMO := runs/demo/mini
-DEMO_SWEEP := $(BIN)/torchrun --standalone --nproc_per_node=2 --no-python $(BIN)/bn-repro train -m \
-	data=mini trainer=mini seed=0,1 'run_dir=$(DEMO)/$${name}/x$${optim.lr_multiplier}/seed$${seed}'
+DEMO_TRAIN := OMP_NUM_THREADS=1 $(BIN)/bn-repro train -m data=mini trainer=mini \
+	'run_dir=$(DEMO)/$${name}/x$${optim.lr_multiplier}/seed$${seed}'
+DEMO_VARIANTS := experiment=inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid,inception_sigmoid
 
-# Figure 4 on the demo's runs (bn-repro evaluate, two ranks): the ReLU BN networks, two seeds
-# each (six, as the paper's ensemble), at their best checkpoint with Algorithm 2's statistics
-# over 10 batches of 32 per rank, at 1 crop and at GoogLeNet's first 2 scales (72 crops), each
-# alone and all together as an ensemble. On this 2-core machine, shared with others' jobs: 2.6 to
-# 3.5 minutes (the 72 crops 1.6 to 2.8); all 4 scales (--crops 1,144) take about twice as long,
-# Algorithm 2 over trainer=mini's 100 batches 3 minutes more. DEMO_ENSEMBLE: shell globs of run
+# Figure 4 on the demo's runs (bn-repro evaluate, two ranks): the ReLU BN networks at their own
+# rates, two seeds each (six, as the paper's ensemble), at their best checkpoint with Algorithm
+# 2's statistics over 10 batches of 32 per rank, at 1 crop and at GoogLeNet's first 2 scales (72
+# crops), each alone and all together as an ensemble. DEMO_ENSEMBLE: shell globs of run
 # directories, to change with the runs the demo trains.
-DEMO_ENSEMBLE = $(DEMO)/bn_baseline/x*/seed* $(DEMO)/bn_x5/x*/seed* $(DEMO)/bn_x30/x*/seed*
+DEMO_ENSEMBLE = $(DEMO)/bn_baseline/x1.0/seed* $(DEMO)/bn_x5/x5.0/seed* $(DEMO)/bn_x30/x30.0/seed*
 DEMO_EVALUATE := $(BIN)/torchrun --standalone --nproc_per_node=2 --no-python $(BIN)/bn-repro \
 	evaluate --checkpoint best --crops 1,72 --batch 32 --population-batches 10
 
 demo: setup $(MINI)/prepared/manifest.json
-	@echo "bn-repro demo: 14 runs of 400 paper steps (6 experiments x 2 seeds, and Inception at"
-	@echo "5x its learning rate x 2 seeds), two ranks each, on the generated benchmark"
-	@echo "($(MINI)/prepared: 10 classes, 5,000 + 500 images); about a minute a run on 2 cores."
-	$(DEMO_SWEEP) 'experiment=glob(*)' hydra.sweep.dir=$(DEMO)/sweeps/variants
-	$(DEMO_SWEEP) experiment=inception optim.lr_multiplier=5 hydra.sweep.dir=$(DEMO)/sweeps/inception_x5
+	@echo "bn-repro demo: 16 runs of 150 paper steps (6 experiments, and Inception and BN-Baseline"
+	@echo "at 5x their learning rate, x 2 seeds), one process each, two at a time, on the generated"
+	@echo "benchmark ($(MINI)/prepared: 10 classes, 5,000 + 500 images); about ten minutes."
+	$(MAKE) --no-print-directory -j2 demo-train-0 demo-train-1
 	@echo "bn-repro demo: Figure 1, the MNIST network without and with BN (50,000 steps each)"
 	$(BIN)/bn-repro figure1 run_dir=$(DEMO)/figure1
 	$(DEMO_EVALUATE) $(DEMO_ENSEMBLE)
@@ -52,6 +51,11 @@ demo: setup $(MINI)/prepared/manifest.json
 	@echo "Results: results/mini/figure3.md, figure2.png, lr_multipliers.md and .png,"
 	@echo "input_distributions.png, figure1.md, figure1.png, figure1_landscape.png, figure4.md;"
 	@echo "each run's records: $(DEMO)/<experiment>/x<multiplier>/seed<seed>/"
+
+demo-train-%: setup $(MINI)/prepared/manifest.json
+	$(DEMO_TRAIN) seed=$* $(DEMO_VARIANTS) hydra.sweep.dir=$(DEMO)/sweeps/variants-seed$*
+	$(DEMO_TRAIN) seed=$* experiment=inception,bn_baseline optim.lr_multiplier=5 \
+		hydra.sweep.dir=$(DEMO)/sweeps/x5-seed$*
 
 # Loader images/s on this machine (results/bench/loader-cpu-*.json), from generated images of
 # ImageNet's typical size, 500 x 375, and file size: quality 95 gives ~104 KB a JPEG, as the

@@ -36,13 +36,14 @@ def write_report(paths: list[Path], out: Path) -> list[Row]:
     rows = figure3(runs, aims)
     points = lr_multipliers(runs, aims)
     markdown.write_csv(out / "figure3.csv", rows)
-    (out / "figure3.md").write_text(markdown.figure3(rows, aims, runs, judge(runs, aims)))
+    verdicts = judge(runs, aims)
+    (out / "figure3.md").write_text(markdown.figure3(rows, aims, runs, verdicts))
     (out / "lr_multipliers.md").write_text(markdown.lr_multipliers(points, aims))
     figure2(runs, aims, out)
     lr_plot(points, out)
     write_input_distributions(runs, out)
     write_figure4(runs, out)  # when the runs have evaluation records (bn-repro evaluate)
-    (out / "README.md").write_text(markdown.readme(runs, paths))
+    (out / "README.md").write_text(markdown.readme(runs, paths, verdicts))
     return rows
 
 

@@ -196,12 +196,17 @@ def lr_multipliers(points: list[LrPoint], aims: Targets) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme(runs: list[Run], paths: list[Path]) -> str:
+def readme(runs: list[Run], paths: list[Path], verdicts: list[Verdict]) -> str:
+    """What the report was made from, run by run, and which of the paper's claims hold on it."""
     lines = [
         "# Report",
         "",
         f"Made by `bn-repro report {' '.join(map(str, paths))}` from these runs' metrics.jsonl and",
         "summary.json; code, versions and hardware as each run's environment.json recorded them.",
+        "",
+        *_claims(verdicts),
+        "",
+        "## The runs",
         "",
         "| run | variant | seed | lr x | BN batch | status | paper steps | code | hardware |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
