@@ -2,6 +2,7 @@
 recorded rates into GPU-hours; the speeds themselves are measured by running the benchmarks,
 never asserted here."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -10,11 +11,15 @@ from pathlib import Path
 import pytest
 
 from bn_repro import paper
+from bn_repro.bench import train as bench_train_module
 from bn_repro.bench.cost import Rate, cost_report
 from bn_repro.bench.device import dense_bf16_peak
 from bn_repro.bench.train import training_flops
 from bn_repro.cli import main
-from tests.helpers import run_config
+from bn_repro.schema import Device
+from bn_repro.train.distributed import distributed
+from bn_repro.train.main import build_trainer
+from tests.helpers import TINY, run_config
 
 BN_REPRO = Path(sys.executable).with_name("bn-repro")
 
@@ -119,6 +124,36 @@ def test_bench_train_reads_prepared_data_with_either_loader(prepared_small, tmp_
     data = record["settings"]["config"]["data"]
     assert (data["loader"], data["root"], data["num_classes"]) == (loader, str(prepared_small), 6)
     assert record["results"]["images_per_s_per_gpu"] > 0
+
+
+def test_the_trainers_stepper_agrees_as_a_run_does_and_times_a_window_of_its_own(
+    tmp_path, monkeypatch
+):
+    single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**single, "MASTER_PORT": "0"}.items():
+        monkeypatch.setenv(name, value)  # taken back after distributed() sets them
+    controls = ["trainer.control_every_steps=2", "trainer.probe_images=0", f"run_dir={tmp_path}"]
+    cfg = run_config("bn_x5", *TINY, "data.image_size=32", *controls)
+    agreed = []
+    with distributed(Device.cpu) as dist:
+        trainer, progress = build_trainer(cfg, dist, stop_signal=[])
+        stepper = trainer.stepper(progress)
+        agree = trainer.agree
+        monkeypatch.setattr(trainer, "agree", lambda: agreed.append(progress.step) or agree())
+        stepper.advance(3)
+        timed = stepper.time(2)
+    assert progress.step == 5 and agreed == [2, 4]  # every control_every_steps, as in fit
+    # the timed window holds the two timed steps' 8 images each and nothing before them
+    assert trainer.window.images == 16
+    assert timed["loss"] == pytest.approx(float(trainer.window.loss_sum) / 16)
+    assert timed["images_per_s"] > 0 and 0 <= timed["data_wait"] < 1
+
+
+def test_the_benchmark_drives_the_trainer_through_its_stepper_alone():
+    source = Path(bench_train_module.__file__).read_text()
+    used = {node.attr for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Attribute)}
+    assert "stepper" in used
+    assert used.isdisjoint({"window", "agree", "train_steps", "measure_window"})
 
 
 @pytest.mark.parametrize(
