@@ -70,13 +70,16 @@ $(BENCH)/prepared/manifest.json: | setup
 	$(BIN)/bn-repro prepare --source $(BENCH)/archives --out $(BENCH)/prepared
 
 bench-loader: $(BENCH)/prepared/manifest.json
-	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --rounds 5 --photometric none
-	$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --rounds 5 --photometric full
+	for photometric in none full; do \
+		$(BIN)/bn-repro bench loader --root $(BENCH)/prepared --batches 40 --rounds 5 \
+			data.dali_device=cpu data.workers=$$(nproc) data.photometric=$$photometric || exit 1; \
+	done
 
 # Training images/s per GPU on a GPU machine (results/bench/train-<gpu>-<experiment>-<data>.json):
 # every experiment on synthetic images (the model alone) and through the GPU DALI pipeline on the
 # ImageNet-sized JPEGs above; then the throughput and Figure 3 cost tables from all records.
-# BENCH_ARGS adds arguments, e.g. BENCH_ARGS="--compile default --tag compiled".
+# BENCH_ARGS adds arguments, switches before config overrides, e.g.
+# BENCH_ARGS="--tag compiled trainer.compile=default".
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml))))
 BENCH_ARGS ?=
 
@@ -92,7 +95,7 @@ bench-train: $(BENCH)/prepared/manifest.json
 bench-decoder: $(BENCH)/prepared/manifest.json
 	for load in 0.5 0.65 0.75 0.9; do for decode in roi full; do \
 		$(BIN)/bn-repro bench train --data dali --root $(BENCH)/prepared $(BENCH_ARGS) \
-			--tag hw$$load-$$decode data.dali_hw_decoder_load=$$load data.dali_decode=$$decode \
+			data.dali_hw_decoder_load=$$load data.dali_decode=$$decode --tag hw$$load-$$decode \
 			|| exit 1; \
 	done; done
 

@@ -306,6 +306,12 @@ def add_evaluate(commands) -> None:
         help="training batches per rank for Algorithm 2 (default: each run's"
         " trainer.population_batches)",
     )
+    _add_evaluate_setup(parser)
+    parser.set_defaults(run=run_evaluate)
+
+
+def _add_evaluate_setup(parser: argparse.ArgumentParser) -> None:
+    """How `evaluate` reads the validation set: crops, batch, data and device."""
     parser.add_argument(
         "--crops",
         default="1",
@@ -326,7 +332,6 @@ def add_evaluate(commands) -> None:
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), help="default: the runs' trainer.device"
     )
-    parser.set_defaults(run=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

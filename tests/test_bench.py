@@ -2,47 +2,37 @@
 recorded rates into GPU-hours; the speeds themselves are measured by running the benchmarks,
 never asserted here."""
 
+import ast
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bn_repro import compose as compose_module
 from bn_repro import paper
+from bn_repro.bench import train as bench_train_module
+from bn_repro.bench.commands import loader_data
 from bn_repro.bench.cost import Rate, cost_report
 from bn_repro.bench.device import dense_bf16_peak
 from bn_repro.bench.train import training_flops
 from bn_repro.cli import main
-from tests.helpers import run_config
+from bn_repro.schema import DataFormat, Device, Photometric, Shuffle
+from bn_repro.train.distributed import distributed
+from bn_repro.train.main import build_trainer
+from tests.helpers import TINY, run_config
 
 BN_REPRO = Path(sys.executable).with_name("bn-repro")
 
 
 def test_bench_loader_writes_a_record_of_every_loader(prepared_small, tmp_path):
     out = tmp_path / "loader.json"
+    switches = ["--batch", "8", "--warmup", "1", "--batches", "2", "--rounds", "2", "--out", out]
+    overrides = ["data.image_size=32", "data.workers=1"]
     result = subprocess.run(
-        [
-            BN_REPRO,
-            "bench",
-            "loader",
-            "--root",
-            prepared_small,
-            "--size",
-            "32",
-            "--batch",
-            "8",
-            "--workers",
-            "1",
-            "--warmup",
-            "1",
-            "--batches",
-            "2",
-            "--rounds",
-            "2",
-            "--out",
-            out,
-        ],
+        [BN_REPRO, "bench", "loader", "--root", prepared_small, *switches, *overrides],
         capture_output=True,
         text=True,
     )
@@ -57,20 +47,55 @@ def test_bench_loader_writes_a_record_of_every_loader(prepared_small, tmp_path):
     assert record["results"]["ratios"]["dali/classic"] == round(rates["dali"] / rates["classic"], 3)
     assert record["command"][:3] == ["bn-repro", "bench", "loader"]
     assert record["machine"]["cores"] >= 1 and record["versions"]["torch"]
-    assert record["settings"]["photometric"] == "none" and record["settings"]["batch"] == 8
-
-
-def test_bench_loader_refuses_an_unprepared_root(tmp_path):
-    result = subprocess.run(
-        [BN_REPRO, "bench", "loader", "--root", tmp_path], capture_output=True, text=True
+    settings = record["settings"]
+    assert settings["device"] == "cpu" and settings["batch"] == 8
+    assert settings["overrides"][-2:] == overrides
+    data = settings["data"]  # like the classic recipe unless overridden, then the overrides
+    assert (data["format"], data["photometric"], data["image_size"], data["workers"]) == (
+        "folder",
+        "none",
+        32,
+        1,
     )
-    assert result.returncode == 2 and "has no manifest.json" in result.stderr
+    assert (data["root"], data["num_classes"]) == (str(prepared_small), 6)
+
+
+def test_bench_loader_composes_its_data_config_from_configs(prepared_small, tmp_path, monkeypatch):
+    configs = tmp_path / "configs"
+    shutil.copytree(compose_module.CONFIG_DIR, configs)
+    imagenet = configs / "data" / "imagenet.yaml"
+    imagenet.write_text(imagenet.read_text().replace("prefetch: 2", "prefetch: 3"))
+    monkeypatch.setattr(compose_module, "CONFIG_DIR", configs)
+    changes = ["data.photometric=full", "data.format=shards"]
+    data, overrides = loader_data("bn_x5", prepared_small, changes)
+    assert data.prefetch == 3 and data.num_classes == 6 and data.root == str(prepared_small)
+    assert (data.photometric, data.format) == (Photometric.full, DataFormat.shards)
+    assert data.shuffle is Shuffle.thorough  # bn_x5's, Sec. 4.2.1
+    assert overrides[-2:] == changes
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["loader", "data.photometric=fulll"], "Error merging override data.photometric=fulll"),
+        (["loader", "data.wokers=2"], "Could not override 'data.wokers'"),
+        (["loader", "trainer.precision=bf16"], "bench loader takes data.KEY=VALUE overrides"),
+        (["train", "trainer.precison=bf16"], "Could not override 'trainer.precison'"),
+    ],
+)
+def test_a_mistyped_override_says_which_without_a_traceback(prepared_small, command, expected):
+    argv = [BN_REPRO, "bench", *command]
+    if command[0] == "loader":
+        argv += ["--root", prepared_small]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("bn-repro bench: ") and expected in result.stderr
 
 
 def bench_train(*args, out: Path) -> dict:
+    switches = ["--batch", "4", "--warmup", "2", "--steps", "3", "--out", out]
     result = subprocess.run(
-        [BN_REPRO, "bench", "train", "--batch", "4", "--warmup", "2", "--steps", "3", *args]
-        + ["--out", out],
+        [BN_REPRO, "bench", "train", *switches, *args],
         capture_output=True,
         text=True,
     )
@@ -82,8 +107,9 @@ def bench_train(*args, out: Path) -> dict:
 @pytest.mark.slow
 def test_bench_train_times_the_trainers_step_and_counts_its_flops(tmp_path, capsys):
     out = tmp_path / "train.json"
-    switches = ["--channels-last", "trainer.fused_optimizer=true", "--profile"]
-    record = bench_train("--size", "64", "--profile-steps", "1", *switches, out=out)
+    switches = ["--size", "64", "--profile", "--profile-steps", "1"]
+    overrides = ["trainer.channels_last=true", "trainer.fused_optimizer=true"]
+    record = bench_train(*switches, *overrides, out=out)
     settings, results = record["settings"], record["results"]
     assert record["command"][:3] == ["bn-repro", "bench", "train"]
     assert settings["experiment"] == "bn_x5" and settings["data"] == "synthetic"
@@ -114,11 +140,41 @@ def test_bench_train_times_the_trainers_step_and_counts_its_flops(tmp_path, caps
 @pytest.mark.parametrize("loader", ["dali", "torch"])
 def test_bench_train_reads_prepared_data_with_either_loader(prepared_small, tmp_path, loader):
     out = tmp_path / f"{loader}.json"
-    args = ["--data", loader, "--root", prepared_small, "--size", "32", "--workers", "1"]
+    args = ["--data", loader, "--root", prepared_small, "--size", "32", "data.workers=1"]
     record = bench_train(*args, out=out)
     data = record["settings"]["config"]["data"]
     assert (data["loader"], data["root"], data["num_classes"]) == (loader, str(prepared_small), 6)
     assert record["results"]["images_per_s_per_gpu"] > 0
+
+
+def test_the_trainers_stepper_agrees_as_a_run_does_and_times_a_window_of_its_own(
+    tmp_path, monkeypatch
+):
+    single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**single, "MASTER_PORT": "0"}.items():
+        monkeypatch.setenv(name, value)  # taken back after distributed() sets them
+    controls = ["trainer.control_every_steps=2", "trainer.probe_images=0", f"run_dir={tmp_path}"]
+    cfg = run_config("bn_x5", *TINY, "data.image_size=32", *controls)
+    agreed = []
+    with distributed(Device.cpu) as dist:
+        trainer, progress = build_trainer(cfg, dist, stop_signal=[])
+        stepper = trainer.stepper(progress)
+        agree = trainer.agree
+        monkeypatch.setattr(trainer, "agree", lambda: agreed.append(progress.step) or agree())
+        stepper.advance(3)
+        timed = stepper.time(2)
+    assert progress.step == 5 and agreed == [2, 4]  # every control_every_steps, as in fit
+    # the timed window holds the two timed steps' 8 images each and nothing before them
+    assert trainer.window.images == 16
+    assert timed["loss"] == pytest.approx(float(trainer.window.loss_sum) / 16)
+    assert timed["images_per_s"] > 0 and 0 <= timed["data_wait"] < 1
+
+
+def test_the_benchmark_drives_the_trainer_through_its_stepper_alone():
+    source = Path(bench_train_module.__file__).read_text()
+    used = {node.attr for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Attribute)}
+    assert "stepper" in used
+    assert used.isdisjoint({"window", "agree", "train_steps", "measure_window"})
 
 
 @pytest.mark.parametrize(
@@ -127,7 +183,7 @@ def test_bench_train_reads_prepared_data_with_either_loader(prepared_small, tmp_
         (["--data", "dali"], "--data dali and --data torch read a prepared set --root DIR"),
         (["--root", "x"], "--data dali and --data torch read a prepared set --root DIR"),
         (["--steps", "0"], "--batch, --size, --steps and --profile-steps must be at least 1"),
-        (["--compile", "fast"], "trainer.compile=fast is not a torch.compile mode"),
+        (["trainer.compile=fast"], "trainer.compile=fast is not a torch.compile mode"),
         (["--experiment", "bn_x7"], "Could not find 'experiment/bn_x7'"),
         (["--data", "dali", "--root", "nowhere"], "data.root=nowhere has no manifest.json"),
     ],

@@ -1,12 +1,15 @@
 """`bn-repro bench gpu-check` (make gpu-check), on the CPU: it stops at once where there is no
 GPU, says which DALI or torch build a driver needs, and tabulates what its steps measured."""
 
+import argparse
 import subprocess
 
+from bn_repro.bench.commands import add_bench
 from bn_repro.bench.gpu_check import (
     Driver,
     machine_problems,
     parse_nvidia_smi,
+    plan,
     record_numbers,
     step_row,
     table,
@@ -82,3 +85,22 @@ def test_the_table_shows_each_steps_numbers_and_counts_the_failures():
         in text
     )
     assert text.endswith("1 of 3 steps failed.")
+
+
+def test_its_bench_steps_are_command_lines_bench_accepts(tmp_path):
+    parser = argparse.ArgumentParser(prog="bn-repro")
+    add_bench(parser.add_subparsers(dest="command"))
+    steps = plan("nvidia-h200", tmp_path / "bench", tmp_path / "mini", 16, tmp_path / "run")
+    benches = {step.name: step for step in steps if step.command[1] == "bench"}
+    parsed = {name: parser.parse_args(step.command[1:]) for name, step in benches.items()}
+    for name, args in parsed.items():
+        assert args.out == benches[name].record  # the record the table reads
+    assert parsed["bench train, GPU DALI"].overrides == ["data.workers=16"]
+    loader = parsed["bench loader, GPU DALI"]
+    assert (loader.loaders, loader.batch) == ("dali,dali-bare", 256)
+    assert loader.overrides == [
+        "data.dali_device=gpu",
+        "data.format=shards",
+        "data.photometric=reduced",
+        "data.workers=16",
+    ]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bn_repro.data import build_data
-from bn_repro.schema import ConfigError, DataFormat
+from bn_repro.data.prepared import open_prepared
+from bn_repro.schema import ConfigError, DataFormat, DataLoaderKind
 from tests.helpers import run_config
 
 
@@ -69,13 +70,26 @@ def test_validation_reads_every_image_once_over_ranks(root, data_format):
     assert seen == {c: 5 for c in range(6)}
 
 
-def test_a_missing_root_or_a_wrong_class_count_says_what_to_do(root, tmp_path):
+@pytest.mark.parametrize("loader", list(DataLoaderKind))
+def test_a_missing_root_a_wrong_class_count_or_too_few_images_says_what_to_do(
+    root, tmp_path, loader
+):
+    # both loaders open data.root through prepared.open_prepared, before any reader starts
     with pytest.raises(ConfigError, match="has no manifest.json: prepare it with"):
-        build_data(data_cfg(tmp_path), 0, 0, 1, 8, None)
+        build_data(data_cfg(tmp_path, loader=loader), 0, 0, 1, 8, None)
     with pytest.raises(ConfigError, match="set data.num_classes=6"):
-        build_data(data_cfg(root, num_classes=100), 0, 0, 1, 8, None)
+        build_data(data_cfg(root, loader=loader, num_classes=100), 0, 0, 1, 8, None)
     with pytest.raises(ConfigError, match="data.root is not set"):
-        build_data(data_cfg(root, root=None), 0, 0, 1, 8, None)
+        build_data(data_cfg(root, loader=loader, root=None), 0, 0, 1, 8, None)
+    # 144 training images, and 2 ranks of 80 a global batch of 160
+    with pytest.raises(ConfigError, match="fewer training images than one global batch of 160"):
+        build_data(data_cfg(root, loader=loader), 0, 0, 2, 80, None)
+
+
+def test_a_prepared_set_opens_with_its_manifests_split_sizes(root):
+    prepared = open_prepared(data_cfg(root), world_size=2, batch=72)  # 144: one global batch
+    assert prepared.root == root and prepared.manifest["classes"][0]["train"] == 24
+    assert (prepared.size("train"), prepared.size("val")) == (144, 30)
 
 
 @pytest.mark.slow

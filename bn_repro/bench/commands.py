@@ -10,72 +10,70 @@ from pathlib import Path
 
 from bn_repro import paper
 from bn_repro.bench.gpu_check import add_bench_gpu_check
-from bn_repro.schema import COMPILE_MODES, ConfigError, DataFormat, Photometric, Precision
+from bn_repro.schema import ConfigError, DataConfig
 
 RESULTS = Path("results/bench")
 DATA = ("synthetic", "dali", "torch")
 LOADERS = ("classic", "torch", "dali", "dali-bare")  # as bench/loader.py makes them
+# The classic recipe reads the folder tree and distorts no colour: bench loader compares like
+# with like unless its overrides say otherwise.
+LIKE_THE_CLASSIC = ("data.format=folder", "data.photometric=none")
 
 
 def add_bench(commands) -> None:
     parser = commands.add_parser("bench", help="benchmarks, recorded as JSON under results/bench/")
     benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    loader = benches.add_parser(
-        "loader",
-        help="training-pipeline images/s of the loaders, side by side",
-        description="Images/s of training batches at the trainer's output size after a warm-up:"
-        " the classic PyTorch ImageNet recipe, loader=torch, loader=dali, and the DALI pipeline"
-        " bare. Reads a prepared dataset (bn-repro prepare --formats folder,shards).",
-    )
-    loader.add_argument("--root", type=Path, required=True, help="a prepared dataset")
-    loader.add_argument("--loaders", default=",".join(LOADERS), help=f"from {', '.join(LOADERS)}")
-    loader.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="DALI's device")
-    loader.add_argument("--format", choices=("folder", "shards"), default="folder")
-    loader.add_argument("--size", type=int, default=224, help="output crop, pixels")
-    loader.add_argument(
-        "--photometric",
-        choices=[p.value for p in Photometric],
-        default="none",
-        help="our loaders' distortion (default none: the classic recipe does none)",
-    )
-    loader.add_argument("--batch", type=int, default=64)
-    loader.add_argument("--workers", type=int, default=os.cpu_count(), help="processes/threads")
-    loader.add_argument("--warmup", type=int, default=5, help="batches before timing a round")
-    loader.add_argument("--batches", type=int, default=30, help="batches timed a round")
-    loader.add_argument(
-        "--rounds", type=int, default=3, help="turns of the loaders; each gets its median"
-    )
-    loader.add_argument(
-        "--out", type=Path, help="default results/bench/loader-DEVICE-PHOTOMETRIC.json"
-    )
-    loader.set_defaults(run=run_bench_loader)
+    add_bench_loader(benches)
     add_bench_train(benches)
     add_bench_cost(benches)
     add_bench_gpu_check(benches)
 
 
-def run_bench_loader(args: argparse.Namespace) -> None:
-    from bn_repro.bench.loader import LoaderBench, run
-    from bn_repro.bench.record import write_record
-    from bn_repro.data.prepared import read_manifest
+def add_bench_loader(benches) -> None:
+    parser = benches.add_parser(
+        "loader",
+        help="training-pipeline images/s of the loaders, side by side",
+        description="Images/s of training batches at the trainer's output size after a warm-up:"
+        " the classic PyTorch ImageNet recipe, loader=torch, loader=dali, and the DALI pipeline"
+        " bare. Reads a prepared dataset (bn-repro prepare --formats folder,shards) with the"
+        " experiment's data config (configs/data/imagenet.yaml and its changes), set like the"
+        f" classic recipe ({' '.join(LIKE_THE_CLASSIC)}), then the KEY=VALUE overrides;"
+        " data.dali_device decides where DALI decodes (auto: on the GPU where torch sees one).",
+    )
+    parser.add_argument("--root", type=Path, required=True, help="a prepared dataset")
+    parser.add_argument("--experiment", default="bn_x5", help="whose data config (default bn_x5)")
+    parser.add_argument("--loaders", default=",".join(LOADERS), help=f"from {', '.join(LOADERS)}")
+    parser.add_argument("--batch", type=int, default=64, help="images a batch (default 64)")
+    parser.add_argument("--warmup", type=int, default=5, help="batches before timing a round")
+    parser.add_argument("--batches", type=int, default=30, help="batches timed a round")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="turns of the loaders; each gets its median"
+    )
+    parser.add_argument("--tag", help="appended to the default record name")
+    parser.add_argument(
+        "--out", type=Path, help=f"default {RESULTS}/loader-DEVICE-PHOTOMETRIC[-TAG].json"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="data.KEY=VALUE",
+        help="data config overrides, e.g. data.photometric=full data.format=shards"
+        " data.workers=8 data.dali_device=gpu",
+    )
+    parser.set_defaults(run=run_bench_loader)
 
+
+def run_bench_loader(args: argparse.Namespace) -> None:
     names = tuple(name for name in args.loaders.split(",") if name)
     if not names or set(names) - set(LOADERS):
         raise ConfigError(f"--loaders {args.loaders}: choose from {', '.join(LOADERS)}")
+    data, overrides = loader_data(args.experiment, args.root, args.overrides)
+    from bn_repro.bench.loader import LoaderBench, feeds, run  # torch and DALI only here
+    from bn_repro.bench.record import write_record
+
     bench = LoaderBench(
-        args.root,
-        names,
-        args.device,
-        DataFormat(args.format),
-        args.size,
-        Photometric(args.photometric),
-        args.batch,
-        args.workers,
-        args.warmup,
-        args.batches,
-        args.rounds,
+        data, names, feeds(data), args.batch, args.warmup, args.batches, args.rounds
     )
-    read_manifest(args.root)  # a clear error before any loader starts
     rounds = {name: [round(rate, 1) for rate in rates] for name, rates in run(bench).items()}
     results = {name: statistics.median(rates) for name, rates in rounds.items()}
     ratios = {
@@ -83,15 +81,38 @@ def run_bench_loader(args: argparse.Namespace) -> None:
         for a, b in (("dali", "classic"), ("dali", "dali-bare"), ("torch", "classic"))
         if a in results and b in results
     }
-    settings = {k: getattr(v, "value", v) for k, v in vars(bench).items()}
-    settings["root"] = str(bench.root)
-    out = args.out or RESULTS / f"loader-{args.device}-{args.photometric}.json"
+    device = "cpu" if bench.cuda_device is None else "gpu"
+    settings = {
+        "root": str(args.root),
+        "loaders": list(names),
+        "device": device,
+        **{name: getattr(args, name) for name in ("batch", "warmup", "batches", "rounds")},
+        "overrides": overrides,
+        "data": _section(data),
+    }
+    tag = f"-{args.tag}" if args.tag else ""
+    out = args.out or RESULTS / f"loader-{device}-{data.photometric.value}{tag}.json"
     write_record(out, settings, {"images_per_s": results, "ratios": ratios, "rounds": rounds})
     for name, rate in results.items():
         print(f"{name:>10}: {rate:8.1f} images/s (median of {rounds[name]})")
     for name, ratio in ratios.items():
         print(f"{name:>16}: {ratio:.2f}")
     print(f"written to {out}")
+
+
+def loader_data(experiment: str, root: Path, overrides: list[str]) -> tuple[DataConfig, list[str]]:
+    """bench loader's data config: the experiment's, composed from configs/, for the prepared set
+    at root; and the overrides that made it."""
+    from bn_repro.compose import compose, to_object
+    from bn_repro.data.prepared import read_manifest
+
+    others = [o for o in overrides if not o.startswith("data.")]
+    if others:
+        raise ConfigError(f"{' '.join(others)}: bench loader takes data.KEY=VALUE overrides only")
+    classes = len(read_manifest(root)["classes"])  # a clear error before any loader starts
+    place = [f"experiment={experiment}", f"data.root={root}", f"data.num_classes={classes}"]
+    overrides = [*place, *LIKE_THE_CLASSIC, *overrides]
+    return to_object(compose(overrides)).data, overrides
 
 
 def add_bench_train(benches) -> None:
@@ -102,28 +123,18 @@ def add_bench_train(benches) -> None:
         " steps, then time --steps more: images/s per GPU, the share of time waiting for data,"
         " peak GPU memory, the host synchronizations inside a step (CUDA) and the model FLOP"
         " utilization (training FLOPs per image = 3 x 2 x forward multiply-adds, over the GPU's"
-        " dense bf16 peak). Switches left out keep the config's defaults (the fast path on CUDA)."
-        " Run it under torchrun for several GPUs.",
+        " dense bf16 peak). KEY=VALUE overrides set the rest of the config (e.g."
+        " trainer.precision=fp32 trainer.channels_last=false trainer.compile=default"
+        " data.workers=8); left out, its defaults (the fast path on CUDA). Run it under torchrun"
+        " for several GPUs.",
     )
     parser.add_argument("--experiment", default="bn_x5", help="default bn_x5")
     parser.add_argument(
         "--batch", type=int, default=256, help="images per GPU and step (default 256)"
     )
-    parser.add_argument(
-        "--precision", choices=[p.value for p in Precision], help="autocast (default auto)"
-    )
-    parser.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        help="memory format (default: on with CUDA)",
-    )
-    parser.add_argument(
-        "--compile", metavar="MODE", help=f"torch.compile the model: {', '.join(COMPILE_MODES)}"
-    )
     parser.add_argument("--data", choices=DATA, default="synthetic", help="default synthetic")
     parser.add_argument("--root", type=Path, help="the prepared set --data dali and torch read")
     parser.add_argument("--size", type=int, default=224, help="image size, pixels (default 224)")
-    parser.add_argument("--workers", type=int, help="loader threads or processes per GPU")
     parser.add_argument("--warmup", type=int, default=30, help="steps before timing (default 30)")
     parser.add_argument("--steps", type=int, default=100, help="steps timed (default 100)")
     parser.add_argument(
@@ -143,7 +154,8 @@ def add_bench_train(benches) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="more config overrides, e.g. trainer.fused_optimizer=false data.dali_decode=full",
+        help="config overrides, e.g. trainer.precision=fp32 trainer.compile=default"
+        " data.workers=8 data.dali_decode=full",
     )
     parser.set_defaults(run=run_bench_train)
 
@@ -166,7 +178,7 @@ def run_bench_train(args: argparse.Namespace) -> None:
     overrides = bench.overrides(
         args.experiment, args.data, args.root, args.size, args.batch, env.world_size
     )
-    overrides += _switches(args) + args.overrides
+    overrides += args.overrides
     cfg = to_object(compose(overrides))
     device = pick_device(cfg.trainer.device, env.local_rank, torch.cuda.device_count())
     tag = f"-{args.tag}" if args.tag else ""
@@ -184,7 +196,7 @@ def run_bench_train(args: argparse.Namespace) -> None:
         "warmup": args.warmup,
         "steps": args.steps,
         "overrides": overrides,
-        "config": _sections(cfg),
+        "config": {"trainer": _section(cfg.trainer), "data": _section(cfg.data)},
     }
     write_record(out, settings, results)
     resolved = results["resolved"]
@@ -200,19 +212,6 @@ def run_bench_train(args: argparse.Namespace) -> None:
     print(f"written to {out}")
 
 
-def _switches(args: argparse.Namespace) -> list[str]:
-    switches = []
-    if args.precision:
-        switches.append(f"trainer.precision={args.precision}")
-    if args.channels_last is not None:
-        switches.append(f"trainer.channels_last={str(args.channels_last).lower()}")
-    if args.compile:
-        switches.append(f"trainer.compile={args.compile}")
-    if args.workers is not None:
-        switches.append(f"data.workers={args.workers}")
-    return switches
-
-
 def _slug(device) -> str:
     if device.type != "cuda":
         return "cpu"
@@ -221,13 +220,11 @@ def _slug(device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
-def _sections(cfg) -> dict:
+def _section(config) -> dict:
+    """A config dataclass (RunConfig's trainer, data) as plain JSON values."""
     from omegaconf import OmegaConf
 
-    return {
-        name: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, name)), enum_to_str=True)
-        for name in ("trainer", "data")
-    }
+    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
 
 
 def add_bench_cost(benches) -> None:

@@ -218,8 +218,8 @@ def gpu_slug() -> str:
 
 
 # bench loader as for the GPU: shards, batches of 256, the accelerated networks' distortion
-LOADER = "--device gpu --loaders dali,dali-bare --format shards --photometric reduced --batch 256"
-LOADER_ROUNDS = "--warmup 5 --batches 20 --rounds 1"
+LOADER = "--loaders dali,dali-bare --batch 256 --warmup 5 --batches 20 --rounds 1"
+LOADER_DATA = "data.dali_device=gpu data.format=shards data.photometric=reduced"
 
 
 def plan(slug: str, root: Path, mini_root: Path, workers: int, run_dir: Path) -> list[Step]:
@@ -229,21 +229,24 @@ def plan(slug: str, root: Path, mini_root: Path, workers: int, run_dir: Path) ->
     synthetic = RESULTS / f"train-{slug}-bn_x5-synthetic.json"
     dali = RESULTS / f"train-{slug}-bn_x5-dali.json"
     loader = RESULTS / f"loader-{slug}-reduced.json"
-    threads = ["--workers", str(workers)]
+    threads = f"data.workers={workers}"
     train = [bn_repro, "train", "experiment=bn_x5", "data=mini", f"data.root={mini_root}"]
     train += ["data.workers=4", "trainer=mini", "trainer.device=cuda", f"run_dir={run_dir}"]
     train += [f"trainer.eval_every_paper_steps={MINI_STEPS // 2}"]
     train += [f"trainer.checkpoint_every_paper_steps={MINI_STEPS}"]
     tests = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
     bench = [bn_repro, "bench"]
-    real = ["--data", "dali", "--root", str(root), *threads]
-    loading = ["--root", str(root), *LOADER.split(), *LOADER_ROUNDS.split(), *threads]
+    real = ["--data", "dali", "--root", str(root), "--out", str(dali), threads]
+    loading = ["--root", str(root), *LOADER.split(), "--out", str(loader)]
     return [
         Step("tests", tests, 240),
         Step("bench train, synthetic", [*bench, "train", "--out", str(synthetic)], 90, synthetic),
-        Step("bench train, GPU DALI", [*bench, "train", *real, "--out", str(dali)], 120, dali),
+        Step("bench train, GPU DALI", [*bench, "train", *real], 120, dali),
         Step(
-            "bench loader, GPU DALI", [*bench, "loader", *loading, "--out", str(loader)], 90, loader
+            "bench loader, GPU DALI",
+            [*bench, "loader", *loading, *LOADER_DATA.split(), threads],
+            90,
+            loader,
         ),
         Step("train data=mini", [*train, f"trainer.max_paper_steps={MINI_STEPS}"], 90),
         Step("resume data=mini", [*train, f"trainer.max_paper_steps={2 * MINI_STEPS}"], 90),

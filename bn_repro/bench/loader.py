@@ -2,6 +2,7 @@
 the classic PyTorch ImageNet recipe (the yardstick), our torchvision fallback, our DALI loader,
 and the same DALI pipeline bare, with no training-loop glue."""
 
+import dataclasses
 import gc
 import itertools
 import time
@@ -16,32 +17,33 @@ from torchvision import transforms
 
 from bn_repro.data import build_data
 from bn_repro.data.augment import MEAN, STD
-from bn_repro.data.prepared import read_manifest
-from bn_repro.schema import (
-    DaliDecode,
-    DaliDevice,
-    DataConfig,
-    DataFormat,
-    DataKind,
-    DataLoaderKind,
-    Photometric,
-    Shuffle,
-)
+from bn_repro.data.prepared import open_prepared
+from bn_repro.schema import ConfigError, DaliDevice, DataConfig, DataLoaderKind
 
 
 @dataclass(frozen=True)
 class LoaderBench:
-    root: Path
+    # our loaders' data config (each with its own data.loader); the classic recipe reads its
+    # root, image_size and workers
+    data: DataConfig
     loaders: tuple[str, ...]
-    device: str  # cpu | gpu (DALI's)
-    data_format: DataFormat
-    size: int
-    photometric: Photometric  # none compares like with like: the classic recipe has none
+    cuda_device: int | None  # the GPU our loaders feed, DALI's decoder on it (feeds); None: CPU
     batch: int
-    workers: int
     warmup: int  # batches before the clock starts, every round
     batches: int  # batches timed, every round
     rounds: int
+
+
+def feeds(data: DataConfig) -> int | None:
+    """The GPU that DALI decodes on and our loaders feed, as a run on this machine has it
+    (data.dali_device; auto: the GPU where torch sees one); None: the CPU."""
+    available = torch.cuda.is_available()
+    if data.dali_device is DaliDevice.gpu and not available:
+        raise ConfigError(
+            "data.dali_device=gpu but torch sees no CUDA device: use data.dali_device=cpu or auto"
+        )
+    gpu = data.dali_device is DaliDevice.gpu or (data.dali_device is DaliDevice.auto and available)
+    return 0 if gpu else None
 
 
 def run(bench: LoaderBench) -> dict[str, list[float]]:
@@ -65,8 +67,8 @@ def _images_per_s(batches: Iterator, bench: LoaderBench) -> float:
     count = 0
     for images, _ in itertools.islice(batches, bench.batches):
         count += len(images)
-    if bench.device == "gpu":
-        torch.cuda.synchronize()
+    if bench.cuda_device is not None:
+        torch.cuda.synchronize(bench.cuda_device)
     return count / (time.perf_counter() - start)
 
 
@@ -84,52 +86,36 @@ def _classic(bench: LoaderBench) -> Iterator:
     """The pytorch/examples ImageNet recipe: ImageFolder, PIL transforms, a shuffling DataLoader."""
     transform = transforms.Compose(
         [
-            transforms.RandomResizedCrop(bench.size),
+            transforms.RandomResizedCrop(bench.data.image_size),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             transforms.Normalize(MEAN, STD),
         ]
     )
-    dataset = torchvision.datasets.ImageFolder(bench.root / "train", transform)
+    dataset = torchvision.datasets.ImageFolder(Path(bench.data.root) / "train", transform)
     loader = DataLoader(
-        dataset, batch_size=bench.batch, shuffle=True, num_workers=bench.workers, drop_last=True
+        dataset,
+        batch_size=bench.batch,
+        shuffle=True,
+        num_workers=bench.data.workers,
+        drop_last=True,
     )
     return itertools.chain.from_iterable(itertools.repeat(loader))
 
 
-def _data_config(bench: LoaderBench, loader: DataLoaderKind) -> DataConfig:
-    return DataConfig(
-        kind=DataKind.prepared,
-        root=str(bench.root),
-        loader=loader,
-        format=bench.data_format,
-        dali_device=DaliDevice(bench.device),
-        dali_decode=DaliDecode.roi,
-        dali_hw_decoder_load=0.65,
-        workers=bench.workers,
-        prefetch=2,
-        num_classes=len(read_manifest(bench.root)["classes"]),
-        image_size=bench.size,
-        photometric=bench.photometric,
-        shuffle=Shuffle.standard,
-        target_top1=None,
-        synthetic=None,
-    )
-
-
 def _ours(bench: LoaderBench, loader: DataLoaderKind) -> Iterator:
-    cuda_device = 0 if bench.device == "gpu" else None
-    data = build_data(_data_config(bench, loader), 0, 0, 1, bench.batch, cuda_device)
+    config = dataclasses.replace(bench.data, loader=loader)
+    data = build_data(config, 0, 0, 1, bench.batch, bench.cuda_device)
     return itertools.chain.from_iterable(data.train_epoch(epoch) for epoch in itertools.count())
 
 
 def _dali_bare(bench: LoaderBench) -> Iterator:
     from bn_repro.data.dali_loader import dali_source, dali_train_pipeline
 
-    cuda_device = 0 if bench.device == "gpu" else None
-    config = _data_config(bench, DataLoaderKind.dali)
-    source = dali_source(bench.root, read_manifest(bench.root), bench.data_format, "train")
-    pipe = dali_train_pipeline(config, source, 0, 0, 1, bench.batch, cuda_device)
+    config = bench.data
+    prepared = open_prepared(config, 1, bench.batch)
+    source = dali_source(prepared.root, prepared.manifest, config.format, "train")
+    pipe = dali_train_pipeline(config, source, 0, 0, 1, bench.batch, bench.cuda_device)
     pipe.build()
     while True:
         images, labels = pipe.run()

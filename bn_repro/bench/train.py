@@ -1,14 +1,12 @@
 """`bn-repro bench train`: training images/s per GPU of the trainer's own step (build_trainer,
-Trainer.train_steps: the objects and code a run trains with) over a fixed number of steps after a
+Trainer.stepper: the objects and code a run trains with) over a fixed number of steps after a
 warm-up, with the share of time spent waiting for data, peak GPU memory, the host
 synchronizations inside a step and the model FLOP utilization (MFU)."""
 
 import dataclasses
 import math
 import tempfile
-import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from bn_repro.models import build_model
 from bn_repro.models.summary import training_multiply_adds
 from bn_repro.schema import RunConfig
 from bn_repro.train.distributed import distributed
-from bn_repro.train.loop import Progress, Trainer, Window
+from bn_repro.train.loop import Progress, Stepper, Trainer
 from bn_repro.train.main import build_trainer
 
 IMAGENET_CLASSES = 1000  # synthetic data gets ImageNet's classifier, as the paper's networks
@@ -109,15 +107,12 @@ def run(cfg: RunConfig, bench: TrainBench) -> dict | None:
 def _measure(trainer: Trainer, progress: Progress, bench: TrainBench) -> dict:
     device = trainer.compute.device
     cuda = device.type == "cuda"
-    steps = trainer.train_steps(progress)
+    stepper = trainer.stepper(progress)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    _advance(trainer, steps, progress, bench.warmup)
-    host_syncs = _host_syncs(steps) if cuda else None
-    _synchronize(device)
-    trainer.window = Window(time.perf_counter())
-    _advance(trainer, steps, progress, bench.steps)
-    window = trainer.measure_window()
+    stepper.advance(bench.warmup)
+    host_syncs = _host_syncs(stepper) if cuda else None
+    window = stepper.time(bench.steps)
     measured = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "images_per_s": window["images_per_s"],
@@ -128,32 +123,19 @@ def _measure(trainer: Trainer, progress: Progress, bench: TrainBench) -> dict:
         "resolved": _resolved(trainer),
     }
     if bench.profile_steps:
-        measured["profile"] = _profile(trainer, steps, progress, bench, cuda)
+        measured["profile"] = _profile(trainer, stepper, bench, cuda)
     return measured
 
 
-def _advance(trainer: Trainer, steps: Iterator[None], progress: Progress, count: int) -> None:
-    """`count` training steps, with the ranks' agreement every control_every_steps as a run
-    has it (its one host synchronization between logs)."""
-    for _ in range(count):
-        next(steps)
-        if progress.step % trainer.plan.control_every_steps == 0:
-            trainer.agree()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _host_syncs(steps: Iterator[None]) -> list[str]:
+def _host_syncs(stepper: Stepper) -> list[str]:
     """Where one step, data included, waits for the GPU: the Python lines of the synchronizing
-    CUDA calls torch reports (it does not see every kind; torch.distributed's, for one)."""
+    CUDA calls torch reports (it does not see every kind; torch.distributed's, for one). A step
+    that falls on trainer.control_every_steps has the ranks' agreement too, as in a run."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            next(steps)
+            stepper.advance(1)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return [f"{w.filename}:{w.lineno}" for w in caught if SYNC_WARNING in str(w.message)]
@@ -181,15 +163,14 @@ def _memory(device: torch.device) -> dict:
     }
 
 
-def _profile(
-    trainer: Trainer, steps: Iterator[None], progress: Progress, bench: TrainBench, cuda: bool
-) -> dict:
+def _profile(trainer: Trainer, stepper: Stepper, bench: TrainBench, cuda: bool) -> dict:
     """A torch profiler trace (chrome://tracing, Perfetto) and table of a few steps, after the
     timed ones so as not to slow them."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as profiler:
-        _advance(trainer, steps, progress, bench.profile_steps)
-        _synchronize(trainer.compute.device)
+        stepper.advance(bench.profile_steps)
+        if cuda:
+            torch.cuda.synchronize(trainer.compute.device)
     trace = bench.profile_out.with_suffix(".trace.json.gz")
     table = bench.profile_out.with_suffix(".profile.txt")
     if trainer.dist.is_main:

@@ -1,3 +1,7 @@
+"""The data a run trains and evaluates on: build_data picks, from the data config, synthetic
+images (synthetic.py) or a prepared set (prepared.py) read by DALI (dali_loader.py) or
+torchvision (torch_loader.py), each behind the DataSource interface the trainer uses."""
+
 from collections.abc import Iterator
 from typing import Protocol
 

@@ -27,9 +27,9 @@ from bn_repro.data.augment import (
     resize,
 )
 from bn_repro.data.multicrop import SQUARES, MultiCropSquares, scales
-from bn_repro.data.prepared import check_classes, folder_items, read_manifest, shard_paths
+from bn_repro.data.prepared import folder_items, open_prepared, shard_paths
 from bn_repro.data.synthetic import Batch
-from bn_repro.schema import ConfigError, DaliDecode, DataConfig, DataFormat, Photometric, Shuffle
+from bn_repro.schema import DaliDecode, DataConfig, DataFormat, Photometric, Shuffle
 
 log = logging.getLogger(__name__)
 READER = "Reader"
@@ -322,13 +322,15 @@ class DaliData:
         """device_id: the GPU the pipelines run on (None: the CPU); state: a loader state of
         the checkpoint (state()); pin_memory: a CPU pipeline's batches pinned, for a trainer's
         copy to its GPU."""
-        root = Path(cfg.root)
-        manifest = read_manifest(root)
-        check_classes(root, manifest, cfg.num_classes)
-        self.val_size = manifest["splits"]["val"]
-        train, val = (dali_source(root, manifest, cfg.format, split) for split in ("train", "val"))
+        prepared = open_prepared(cfg, world_size, batch)
+        self.val_size = prepared.size("val")
+        train, val = (
+            dali_source(prepared.root, prepared.manifest, cfg.format, split)
+            for split in ("train", "val")
+        )
         self.pipeline = "dali-cpu" if device_id is None else "dali-gpu"
         checkpoint = _restorable(state, self.pipeline)
+        self.restored = checkpoint is not None
         train_pipe = dali_train_pipeline(
             cfg, train, seed, rank, world_size, batch, device_id, checkpoint
         )
@@ -342,26 +344,11 @@ class DaliData:
             seed=seed,
             **_pipeline_options(cfg, val_batch or batch, device_id),
         )
-        self.restored = checkpoint is not None
+        self.train = _iterator(train_pipe, ["images", "labels"], LastBatchPolicy.DROP)
+        self.val = _iterator(val_pipe, ["images", "labels"], LastBatchPolicy.PARTIAL)
         # pinned host batches let the trainer's copy stream overlap the step before (loop.Compute)
         self.pin_memory = pin_memory
         self.multicrop_source = (cfg, val, rank, world_size, device_id, seed)
-        self.train = DALIGenericIterator(
-            [train_pipe],
-            ["images", "labels"],
-            reader_name=READER,
-            last_batch_policy=LastBatchPolicy.DROP,
-        )
-        self.val = DALIGenericIterator(
-            [val_pipe],
-            ["images", "labels"],
-            reader_name=READER,
-            last_batch_policy=LastBatchPolicy.PARTIAL,
-        )
-        if len(self.train) == 0:
-            raise ConfigError(
-                f"{root} has fewer training images than one global batch of {batch * world_size}"
-            )
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         # A restored pipeline continues where its checkpoint left it; without a state of its
@@ -401,16 +388,16 @@ class DaliData:
             **_pipeline_options(cfg, batch, device_id),
         )
         parts = [f"part{k}" for k in range(len(scales(cfg.image_size, crops)) + 1)]
-        reader = DALIGenericIterator(
-            [pipe],
-            [*parts, "labels"],
-            reader_name=READER,
-            last_batch_policy=LastBatchPolicy.PARTIAL,
-        )
+        reader = _iterator(pipe, [*parts, "labels"], LastBatchPolicy.PARTIAL)
         for outputs in reader:
             labels = outputs[0]["labels"].reshape(-1).to(torch.int64)
             if len(labels):  # PARTIAL can leave a rank an empty last batch
                 yield tuple(outputs[0][name] for name in parts), labels
+
+
+def _iterator(pipe, outputs: list[str], policy: LastBatchPolicy) -> DALIGenericIterator:
+    """The pipeline's batches by epoch, as its reader splits them."""
+    return DALIGenericIterator([pipe], outputs, reader_name=READER, last_batch_policy=policy)
 
 
 def _restorable(state: dict | None, pipeline: str) -> str | None:

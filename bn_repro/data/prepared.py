@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from bn_repro.schema import ConfigError
+from bn_repro.schema import ConfigError, DataConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,31 @@ class Problem(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.path} {self.what}"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """data.root as a loader opens it: where it is and the manifest prepare wrote there."""
+
+    root: Path
+    manifest: dict
+
+    def size(self, split: str) -> int:
+        return self.manifest["splits"][split]
+
+
+def open_prepared(cfg: DataConfig, world_size: int, batch: int) -> Prepared:
+    """What every loader checks first: data.root holds a prepared set of data.num_classes
+    classes, with training images for at least one global batch of `batch` images per rank."""
+    root = Path(cfg.root)
+    manifest = read_manifest(root)
+    check_classes(root, manifest, cfg.num_classes)
+    prepared = Prepared(root, manifest)
+    if prepared.size("train") < batch * world_size:
+        raise ConfigError(
+            f"{root} has fewer training images than one global batch of {batch * world_size}"
+        )
+    return prepared
 
 
 def read_manifest(root: Path) -> dict:

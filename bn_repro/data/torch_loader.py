@@ -4,7 +4,6 @@ The fallback for DALI, and its yardstick."""
 
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -12,10 +11,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from bn_repro.data.augment import train_transform, val_transform
 from bn_repro.data.multicrop import multicrop_transform
-from bn_repro.data.prepared import Item, check_classes, folder_items, read_manifest, shard_items
-from bn_repro.data.sharding import batches_per_epoch, epoch_order, train_batches, val_batches
+from bn_repro.data.prepared import Item, folder_items, open_prepared, shard_items
+from bn_repro.data.sharding import epoch_order, train_batches, val_batches
 from bn_repro.data.synthetic import Batch
-from bn_repro.schema import ConfigError, DataConfig, DataFormat, Shuffle
+from bn_repro.schema import DataConfig, DataFormat, Shuffle
 
 
 class TorchData:
@@ -29,15 +28,11 @@ class TorchData:
         pin_memory: bool,
         val_batch: int | None = None,
     ):
-        root = Path(cfg.root)
-        manifest = read_manifest(root)
-        check_classes(root, manifest, cfg.num_classes)
+        prepared = open_prepared(cfg, world_size, batch)
         items = folder_items if cfg.format is DataFormat.folder else shard_items
-        self.train, self.val = (items(root, manifest, split) for split in ("train", "val"))
-        if batches_per_epoch(len(self.train), world_size, batch) == 0:
-            raise ConfigError(
-                f"{root} has fewer training images than one global batch of {batch * world_size}"
-            )
+        self.train, self.val = (
+            items(prepared.root, prepared.manifest, split) for split in ("train", "val")
+        )
         self.seed, self.rank, self.world_size, self.batch = seed, rank, world_size, batch
         self.thorough = cfg.shuffle is Shuffle.thorough
         self.stored_shuffled = cfg.format is DataFormat.shards  # prepare shuffled them

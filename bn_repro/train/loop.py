@@ -173,6 +173,11 @@ class Trainer:
             if outcome:
                 return outcome
 
+    def stepper(self, progress: Progress) -> "Stepper":
+        """The run's training steps driven from outside fit (bench train): no logs, evaluations
+        or checkpoints, the same step and agreement."""
+        return Stepper(self, progress, self.train_steps(progress))
+
     def train_steps(self, progress: Progress) -> Iterator[None]:
         """One optimizer step each time it is advanced, epoch after epoch, without end; progress
         and the window count them. Nothing in a step waits for the device."""
@@ -450,6 +455,33 @@ def loss_of(output, labels: torch.Tensor) -> torch.Tensor:
         aux = sum(F.cross_entropy(aux.float(), labels) for aux in aux_logits)
         return F.cross_entropy(logits.float(), labels) + AUX_WEIGHT * aux
     return F.cross_entropy(output.float(), labels)
+
+
+@dataclass
+class Stepper:
+    """Trainer.stepper: steps taken as fit takes them, and timed over a window of their own."""
+
+    trainer: Trainer
+    progress: Progress
+    steps: Iterator[None]  # Trainer.train_steps
+
+    def advance(self, count: int) -> None:
+        """`count` training steps, with the ranks' agreement every control_every_steps as a run
+        has it (its one host synchronization between logs)."""
+        for _ in range(count):
+            next(self.steps)
+            if self.progress.step % self.trainer.plan.control_every_steps == 0:
+                self.trainer.agree()
+
+    def time(self, count: int) -> dict:
+        """`count` steps (advance) in a window of their own, which starts once the device has
+        run the steps before: Trainer.measure_window's loss, images/s and data wait."""
+        trainer = self.trainer
+        if trainer.compute.device.type == "cuda":
+            torch.cuda.synchronize(trainer.compute.device)
+        trainer.window = Window(time.perf_counter())
+        self.advance(count)
+        return trainer.measure_window()
 
 
 @dataclass
