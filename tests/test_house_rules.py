@@ -53,3 +53,15 @@ def test_a_function_is_flagged_from_its_first_line_over_the_limit(lines, flagged
     path = PACKAGE / "example.py"  # named as inside the package, never written
     tree = ast.parse(f"@decorator\ndef f():\n{body}")
     assert bool(long_functions(tree, path)) is flagged
+
+
+def test_comments_cite_the_paper_not_files_users_do_not_have():
+    # Design notes and the paper's summary stay with the maintainers; a comment says the fact.
+    project = PACKAGE.parent
+    sources = [*MODULES, *sorted((project / "configs").rglob("*.yaml"))]
+    citing = [
+        str(path.relative_to(project))
+        for path in sources
+        if any(name in path.read_text() for name in ("SPEC.md", "DESIGN.md", "STYLE.md"))
+    ]
+    assert citing == [], f"files citing notes users do not have: {', '.join(citing)}"
