@@ -86,6 +86,17 @@ def sweep(tmp_path) -> Path:
     return root
 
 
+def assert_tables_are_rectangular(markdown: str) -> None:
+    """Every row of each Markdown table has as many cells as its header, the separator too."""
+    tables = [[]]
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            tables[-1].append(line.count(" | ") + 1)
+        elif tables[-1]:
+            tables.append([])
+    assert all(len(set(widths)) <= 1 for widths in tables), tables
+
+
 def test_the_figure3_table_has_the_known_answers(sweep, tmp_path):
     rows = {r.variant: r for r in write_report([sweep], tmp_path / "out")}
     assert list(rows) == ["inception", "bn_baseline", "bn_x5", "bn_x30"]
@@ -117,6 +128,7 @@ def test_the_figure3_table_has_the_known_answers(sweep, tmp_path):
         "Data: data/mini/prepared; each evaluation counts 500 validation images;"
         " chance is 1/10 = 10.0%." in markdown
     )
+    assert_tables_are_rectangular(markdown)
 
 
 def test_the_papers_claims_are_judged_on_the_runs(sweep, tmp_path):
@@ -177,6 +189,7 @@ def test_a_dataset_target_is_used_as_given_beside_inceptions_maximum(tmp_path):
     markdown = (tmp_path / "out" / "figure3.md").read_text()
     assert "Fixed target: 72.2% top-1, the data set's" in markdown
     assert "| bn_x5 | 2,100,000 (1/1) |  | 1,000,000 (1/1) | 31.0 |" in markdown
+    assert_tables_are_rectangular(markdown)
 
 
 def test_runs_of_two_data_sets_are_refused_by_name(tmp_path):
