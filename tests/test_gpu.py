@@ -62,7 +62,7 @@ def test_every_variant_trains_in_bf16_channels_last_with_fp32_bn_statistics(expe
     compute = pick_compute(cfg, ONE_GPU)
     assert compute.autocast_dtype == torch.bfloat16 and compute.channels_last
     torch.manual_seed(0)
-    model = build_model(cfg.model, 10).to(CUDA, memory_format=compute.memory_format)
+    model = build_model(cfg.model, 10, 64).to(CUDA, memory_format=compute.memory_format)
     outputs = []
     for module in model.modules():
         if not list(module.children()):
@@ -91,7 +91,7 @@ def test_the_fused_optimizer_makes_the_same_update_on_cuda(experiment):
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
         for fused in (False, True):
             torch.manual_seed(0)
-            model = build_model(run_config(experiment, "model.dropout=false").model, 10).to(CUDA)
+            model = build_model(run_config(experiment, "model.dropout=0").model, 10, 64).to(CUDA)
             optimizer = build_optimizer(model, hp, fused=fused)
             for _ in range(2):  # the momentum buffer is at work in the second step
                 optimizer.zero_grad()

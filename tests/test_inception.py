@@ -178,7 +178,7 @@ def test_the_relu_network_carries_a_signal_to_its_output_at_initialization(exper
     # depth the features of unit-variance images came out with a std of 0.005, and the network
     # without BN could not start learning. He's keeps them at the input's scale.
     torch.manual_seed(0)
-    model = model_of(experiment, "model.dropout=false", num_classes=10).eval()
+    model = model_of(experiment, "model.dropout=0", num_classes=10).eval()
     features = {}
     model.trunk.flatten.register_forward_hook(lambda m, args, out: features.update(out=out))
     with torch.no_grad():

@@ -217,8 +217,10 @@ def multicrop_pipeline(
 ):
     """Validation at `crops` crops: each image's squares at every scale (multicrop.py). native:
     with DALI's own slice and resize (on the GPU); else augment.resize's, as the fallback."""
-    jpegs, labels = _read(source, rank, world_size, False, shuffle_seed)
-    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder(cfg, gpu))
+    jpegs, labels = _read(source, rank, world_size, None, shuffle_seed)
+    images = fn.decoders.image(
+        jpegs, output_type=types.RGB, adjust_orientation=False, **_decoder(cfg, gpu)
+    )
     if native:
         parts = _native_squares(images, cfg, crops)
     else:
