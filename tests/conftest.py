@@ -58,6 +58,7 @@ def _cpu_session(items) -> None:
 
 @pytest.fixture(scope="session")
 def prepared_small(tmp_path_factory) -> Path:
+    # as tests.helpers.prepared_set, which this file cannot import: test_sessions.py runs it alone
     archives = tmp_path_factory.mktemp("archives")
     make_mini(archives, SMALL, workers=2)
     out = tmp_path_factory.mktemp("prepared")

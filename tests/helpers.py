@@ -7,6 +7,8 @@ import pytest
 from torch import nn
 
 from bn_repro.compose import compose, to_object
+from bn_repro.data.make_mini import MiniSpec, make_mini
+from bn_repro.data.prepare import PrepareOptions, prepare
 from bn_repro.models import build_model
 from bn_repro.schema import RunConfig
 from bn_repro.train.checkpoint import checkpoints
@@ -59,3 +61,40 @@ def assert_same_records(got: list[dict], expected: list[dict]) -> None:
             if isinstance(expected_value, float):
                 expected_value = pytest.approx(expected_value, rel=1e-5)
             assert mine[key] == expected_value, (theirs, key)
+
+
+def prepared_set(
+    tmp_path_factory, name: str, spec: MiniSpec, workers: int = 2, shard_size: int = 20
+) -> Path:
+    """A generated set written as ILSVRC2012's archives, then prepared in both formats."""
+    archives = tmp_path_factory.mktemp(f"{name}-archives")
+    make_mini(archives, spec, workers=workers)
+    out = tmp_path_factory.mktemp(name)
+    prepare(archives, out, PrepareOptions(("folder", "shards"), workers, shard_size, 0))
+    return out
+
+
+def on_small_set(root: Path) -> list[str]:
+    """Overrides that train bn_x5 on conftest's prepared_small set at root: its 6 classes in
+    32-pixel crops, 8 images per rank."""
+    return [
+        "experiment=bn_x5",
+        "data=mini",
+        f"data.root={root}",
+        "data.num_classes=6",
+        "data.image_size=32",
+        "trainer.batch_per_rank=8",
+    ]
+
+
+# The environment of a submitit task: rank 3 of 4, two nodes, local rank 1.
+SUBMITIT_TASK = {
+    "SUBMITIT_EXECUTOR": "slurm",
+    "SLURM_JOB_ID": "1234",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "1",
+    "SLURM_NTASKS": "4",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_NODEID": "1",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+}

@@ -20,7 +20,12 @@ from bn_repro.data.augment import hwc, resize
 from bn_repro.data.dali_loader import resize_shorter
 from bn_repro.schema import DaliDecode, DataFormat, DataLoaderKind
 from bn_repro.train.records import read_metrics
-from tests.helpers import assert_same_records, kill_after_first_checkpoint, run_config
+from tests.helpers import (
+    assert_same_records,
+    kill_after_first_checkpoint,
+    on_small_set,
+    run_config,
+)
 
 FORMATS = list(DataFormat)
 
@@ -212,14 +217,9 @@ def test_two_ranks_train_with_dali_and_count_validation_once(root, tmp_path):
             "--no-python",
             bin_dir / "bn-repro",
             "train",
-            "experiment=bn_x5",
-            "data=mini",
-            f"data.root={root}",
-            "data.num_classes=6",
-            "data.image_size=32",
+            *on_small_set(root),
             "data.dali_device=cpu",
             "data.workers=1",
-            "trainer.batch_per_rank=8",
             "trainer.max_paper_steps=8",
             "trainer.population_batches=4",
             "trainer.eval_every_paper_steps=4",

@@ -9,6 +9,7 @@ import torch
 
 from bn_repro.schema import ConfigError, Device
 from bn_repro.train.distributed import launch_env, pick_device
+from tests.helpers import SUBMITIT_TASK
 
 TORCHRUN = {  # rank 11 of 16: the fourth process on the second node
     "RANK": "11",
@@ -24,16 +25,6 @@ SRUN = {  # task 6 of 8, the third on its node
     "SLURM_JOB_ID": "1234",
     "SLURM_STEP_NODELIST": "n[1-2]",
     "MASTER_ADDR": "n1",
-}
-SUBMITIT = {
-    "SUBMITIT_EXECUTOR": "slurm",
-    "SLURM_JOB_ID": "1234",
-    "SLURM_PROCID": "3",
-    "SLURM_LOCALID": "1",
-    "SLURM_NTASKS": "4",
-    "SLURM_JOB_NUM_NODES": "2",
-    "SLURM_NODEID": "1",
-    "SLURM_JOB_NODELIST": "gpu[07-08]",
 }
 
 
@@ -58,7 +49,7 @@ def test_srun_with_one_gpu_bound_to_each_task_takes_the_one_it_sees():
 
 @pytest.mark.parametrize(("visible", "index"), [(1, 0), (4, 1)])
 def test_submitit_tasks_with_and_without_gpu_binding(monkeypatch, visible, index):
-    for name, value in SUBMITIT.items():
+    for name, value in SUBMITIT_TASK.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MASTER_PORT", raising=False)
     assert device_of(dict(os.environ), visible) == torch.device("cuda", index)

@@ -3,6 +3,7 @@
 import os
 
 from bn_repro.train.distributed import launch_env
+from tests.helpers import SUBMITIT_TASK
 
 
 def test_torchrun():
@@ -46,17 +47,7 @@ def test_a_batch_script_without_srun_is_one_process():
 
 
 def test_submitit_tasks_take_their_rank_from_submitit(monkeypatch):
-    job = {
-        "SUBMITIT_EXECUTOR": "slurm",
-        "SLURM_JOB_ID": "1234",
-        "SLURM_PROCID": "3",
-        "SLURM_LOCALID": "1",
-        "SLURM_NTASKS": "4",
-        "SLURM_JOB_NUM_NODES": "2",
-        "SLURM_NODEID": "1",
-        "SLURM_JOB_NODELIST": "gpu[07-08]",
-    }
-    for name, value in job.items():
+    for name, value in SUBMITIT_TASK.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MASTER_PORT", raising=False)
     env = launch_env(os.environ)

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from bn_repro.cli import main
-from bn_repro.data.make_mini import MiniSpec, make_mini
-from bn_repro.data.prepare import PrepareOptions, prepare
+from bn_repro.data.make_mini import MiniSpec
 from bn_repro.evaluate import records
 from bn_repro.report import write_report
 from bn_repro.train.records import read_metrics
-from tests.helpers import BIN
+from tests.helpers import BIN, on_small_set, prepared_set
 
 pytestmark = pytest.mark.slow
 KEPT = ("metrics.jsonl", "config.json", "summary.json", "train.log", "effective_hparams.json")
@@ -27,14 +26,9 @@ def training(root: Path, run_dir: Path) -> list:
     return [
         BIN / "bn-repro",
         "train",
-        "experiment=bn_x5",
-        "data=mini",
-        f"data.root={root}",
-        "data.num_classes=6",
-        "data.image_size=32",
+        *on_small_set(root),
         "data.dali_device=cpu",
         "data.workers=1",
-        "trainer.batch_per_rank=8",
         "trainer.max_paper_steps=6",
         "trainer.eval_every_paper_steps=2",
         "trainer.log_every_paper_steps=2",
@@ -167,11 +161,7 @@ def test_bad_input_gets_a_clear_error(run, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def two_classes(tmp_path_factory) -> Path:
-    archives = tmp_path_factory.mktemp("two-archives")
-    make_mini(archives, MiniSpec(2, 8, 3, size=40, seed=3), workers=2)
-    out = tmp_path_factory.mktemp("two")
-    prepare(archives, out, PrepareOptions(("folder", "shards"), 2, 20, 0))
-    return out
+    return prepared_set(tmp_path_factory, "two", MiniSpec(2, 8, 3, size=40, seed=3))
 
 
 def test_runs_of_other_data_are_refused(run, two_classes, tmp_path, capsys):

@@ -16,8 +16,7 @@ from torch import nn
 from bn_repro.compose import experiments
 from bn_repro.data import build_data
 from bn_repro.data.augment import MEAN, STD
-from bn_repro.data.make_mini import MiniSpec, make_mini
-from bn_repro.data.prepare import PrepareOptions, prepare
+from bn_repro.data.make_mini import MiniSpec
 from bn_repro.hparams import effective_hparams
 from bn_repro.models import build_model
 from bn_repro.models.population_stats import batchnorms
@@ -28,7 +27,7 @@ from bn_repro.train.loop import loss_of
 from bn_repro.train.main import pick_compute
 from bn_repro.train.optim import build_optimizer
 from bn_repro.train.records import read_metrics
-from tests.helpers import BIN, run_config
+from tests.helpers import BIN, prepared_set, run_config
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda", 0)
@@ -42,11 +41,7 @@ PHOTOS = MiniSpec(
 
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> Path:
-    archives = tmp_path_factory.mktemp("photo_archives")
-    make_mini(archives, PHOTOS, workers=4)
-    out = tmp_path_factory.mktemp("photos")
-    prepare(archives, out, PrepareOptions(("folder", "shards"), 4, 32, 0))
-    return out
+    return prepared_set(tmp_path_factory, "photos", PHOTOS, workers=4, shard_size=32)
 
 
 def photo_cfg(root: Path, **changes):

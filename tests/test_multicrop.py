@@ -12,7 +12,7 @@ from bn_repro import cli
 from bn_repro.data import build_data
 from bn_repro.data.augment import val_transform
 from bn_repro.data.dali_loader import READER, _pipeline_options, dali_source, multicrop_pipeline
-from bn_repro.data.make_mini import MiniSpec, make_mini
+from bn_repro.data.make_mini import MiniSpec
 from bn_repro.data.multicrop import (
     CROP_COUNTS,
     CROPS,
@@ -25,13 +25,12 @@ from bn_repro.data.multicrop import (
     views,
     windows,
 )
-from bn_repro.data.prepare import PrepareOptions, prepare
 from bn_repro.data.prepared import read_manifest
 from bn_repro.evaluate.predict import ensemble, multi_crop
 from bn_repro.schema import DataFormat
 from bn_repro.train.evaluation import Tally
 from bn_repro.train.loop import Compute
-from tests.helpers import model_of, run_config
+from tests.helpers import model_of, prepared_set, run_config
 
 CPU = Compute(torch.device("cpu"), None, False)
 
@@ -147,11 +146,9 @@ def test_the_mean_probability_is_weighted_by_the_crops_each_stands_for():
 @pytest.fixture(scope="module")
 def landscape(tmp_path_factory) -> Path:
     """2 classes x 3 validation images of 48 x 36 pixels: three distinct squares each."""
-    archives = tmp_path_factory.mktemp("landscape-archives")
-    make_mini(archives, MiniSpec(2, 8, 3, size=48, seed=1, height=36), workers=2)
-    out = tmp_path_factory.mktemp("landscape")
-    prepare(archives, out, PrepareOptions(("folder", "shards"), 2, 20, 0))
-    return out
+    return prepared_set(
+        tmp_path_factory, "landscape", MiniSpec(2, 8, 3, size=48, seed=1, height=36)
+    )
 
 
 def data_cfg(root: Path, **changes):

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from bn_repro.data import build_data
-from bn_repro.data.make_mini import MiniSpec, make_mini
-from bn_repro.data.prepare import PrepareOptions, prepare
+from bn_repro.data.make_mini import MiniSpec
 from bn_repro.schema import DataFormat, DataLoaderKind, Shuffle
-from tests.helpers import run_config
+from tests.helpers import prepared_set, run_config
 
 CLASSES = 48  # of one training image each: a batch's labels name its images
 BATCH = 8
@@ -19,11 +18,8 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def singletons(tmp_path_factory) -> Path:
-    archives = tmp_path_factory.mktemp("archives")
-    make_mini(archives, MiniSpec(CLASSES, 1, 1, size=16, seed=3), workers=2)
-    out = tmp_path_factory.mktemp("singletons")
-    prepare(archives, out, PrepareOptions(("folder", "shards"), 2, 16, 0))
-    return out
+    spec = MiniSpec(CLASSES, 1, 1, size=16, seed=3)
+    return prepared_set(tmp_path_factory, "singletons", spec, shard_size=16)
 
 
 def batch_pairs(epoch: list[list[int]]) -> set[frozenset]:

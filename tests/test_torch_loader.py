@@ -13,7 +13,7 @@ import torch
 from bn_repro.data import build_data
 from bn_repro.data.prepared import open_prepared
 from bn_repro.schema import ConfigError, DataFormat, DataLoaderKind
-from tests.helpers import run_config
+from tests.helpers import on_small_set, run_config
 
 
 @pytest.fixture
@@ -99,13 +99,8 @@ def test_training_on_the_prepared_benchmark(root, tmp_path):
         [
             Path(sys.executable).with_name("bn-repro"),
             "train",
-            "experiment=bn_x5",
-            "data=mini",
-            f"data.root={root}",
-            "data.num_classes=6",
-            "data.image_size=32",
+            *on_small_set(root),
             "data.loader=torch",
-            "trainer.batch_per_rank=8",
             "trainer.max_paper_steps=4",
             "trainer.population_batches=4",
             "trainer.eval_every_paper_steps=2",
