@@ -201,8 +201,7 @@ def test_dalis_own_operators_cut_the_same_squares(landscape):
         assert difference.max() <= 3 and difference.mean() < 0.5, (name, difference.max())
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu  # skipped with the reason where torch sees no GPU (conftest.py)
 def test_dali_on_the_gpu_cuts_the_fallbacks_squares(landscape):
     # nvJPEG and DALI's GPU resize against libjpeg-turbo and augment.resize: close, not equal.
     gpu = build_data(data_cfg(landscape, format="folder", dali_device="gpu"), 0, 0, 1, 6, 0)

@@ -1,6 +1,8 @@
 """How a test session picks its device (conftest.py): the CPU suite hides the GPUs from itself
 and its subprocesses and skips the gpu tests with the reason; the gpu tests run alone."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,51 @@ def test_the_gpu_tests_run_alone_and_say_why_they_skip(project):
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "-m", "gpu")
     result.assert_outcomes(skipped=1, deselected=1)
     result.stdout.fnmatch_lines(["*SKIPPED*torch sees no CUDA device*"])
+
+
+# Run in a fresh interpreter: every CUDA query of torch raises until the session's collection
+# is over (conftest's own check comes after it), then every module of bn_repro/ and scripts/
+# is imported and the whole suite collected.
+TRIPWIRE = """
+import importlib, pkgutil, sys
+import pytest, torch
+import bn_repro, scripts
+
+QUERIES = (
+    "is_available", "device_count", "current_device", "get_device_name",
+    "get_device_properties", "get_device_capability", "init", "mem_get_info", "set_device",
+)
+saved = {name: getattr(torch.cuda, name) for name in QUERIES}
+
+
+def tripwire(name):
+    def query(*args, **kwargs):
+        raise RuntimeError(f"torch.cuda.{name}() at import or collection")
+    return query
+
+
+class Lift:
+    @pytest.hookimpl(tryfirst=True)  # before conftest's device choice, which may ask
+    def pytest_collection_modifyitems(self):
+        for name, query in saved.items():
+            setattr(torch.cuda, name, query)
+
+
+for name in QUERIES:
+    setattr(torch.cuda, name, tripwire(name))
+for package in (bn_repro, scripts):
+    for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+        importlib.import_module(module.name)
+sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests"], [Lift()]))
+"""
+
+
+@pytest.mark.slow
+def test_no_module_queries_cuda_at_import_or_collection():
+    # torch caches the device count at its first query: one before conftest hides the GPUs
+    # leaves the CPU suite seeing them, and conftest then refuses the whole session
+    project = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", TRIPWIRE], cwd=project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
