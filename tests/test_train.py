@@ -1,6 +1,7 @@
 """`bn-repro train` as users start it: one process, two gloo ranks by torchrun, killed, stopped."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -313,3 +314,14 @@ def test_a_finished_run_started_again_evaluates_nothing_more(uninterrupted):
     assert result.returncode == 0, result.stderr
     assert read_metrics(uninterrupted) == before  # Algorithm 2's record is there already
     assert summary(uninterrupted)["final_bn_stats"] == "population"
+
+
+def test_a_resumed_run_updates_with_the_kernels_its_device_chose(uninterrupted, tmp_path):
+    # a run started unfused (on the CPU), resumed where the fused kernel is asked for (a GPU's
+    # default): the checkpoint's groups must not bring back their fused=False
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    result = train(run_dir, "experiment=bn_baseline", "trainer.fused_optimizer=true")
+    assert result.returncode == 0, result.stderr
+    starts = json.loads((run_dir / "environment.json").read_text())
+    assert [start["switches"]["fused_optimizer"] for start in starts] == [False, True]

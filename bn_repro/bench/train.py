@@ -20,7 +20,7 @@ from bn_repro.models.summary import training_multiply_adds
 from bn_repro.schema import RunConfig
 from bn_repro.train.distributed import distributed
 from bn_repro.train.loop import Progress, Stepper, Trainer
-from bn_repro.train.main import build_trainer
+from bn_repro.train.main import build_trainer, resolved_switches
 
 IMAGENET_CLASSES = 1000  # synthetic data gets ImageNet's classifier, as the paper's networks
 SYNTHETIC_BATCHES = 4  # distinct global batches of synthetic images, kept on the GPU
@@ -120,7 +120,7 @@ def _measure(trainer: Trainer, progress: Progress, bench: TrainBench) -> dict:
         "loss": window["loss"] if math.isfinite(window["loss"]) else None,
         "host_syncs_in_a_step": host_syncs,
         **_memory(device),
-        "resolved": _resolved(trainer),
+        "resolved": resolved_switches(trainer.compute, trainer.optimizer),
     }
     if bench.profile_steps:
         measured["profile"] = _profile(trainer, stepper, bench, cuda)
@@ -139,17 +139,6 @@ def _host_syncs(stepper: Stepper) -> list[str]:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return [f"{w.filename}:{w.lineno}" for w in caught if SYNC_WARNING in str(w.message)]
-
-
-def _resolved(trainer: Trainer) -> dict:
-    """What the config's null and auto switches became on this device."""
-    compute = trainer.compute
-    return {
-        "precision": "bf16" if compute.autocast_dtype == torch.bfloat16 else "fp32",
-        "channels_last": compute.channels_last,
-        "overlap_copy": compute.copy_stream is not None,
-        "fused_optimizer": bool(trainer.optimizer.defaults["fused"]),
-    }
 
 
 def _memory(device: torch.device) -> dict:

@@ -44,7 +44,9 @@ def git_revision() -> dict | None:
         return None
 
 
-def record_start(run_dir: Path, dist: Dist, enabled: bool) -> None:
+def record_start(run_dir: Path, dist: Dist, enabled: bool, switches: dict | None = None) -> None:
+    """This start's command, host, device, the switches as resolved on it (main.
+    resolved_switches: a resume on another device may train otherwise), versions and commit."""
     if not enabled:
         return
     path = run_dir / "environment.json"
@@ -58,6 +60,7 @@ def record_start(run_dir: Path, dist: Dist, enabled: bool) -> None:
             "launcher": dist.launcher,
             "world_size": dist.world_size,
             "device": device,
+            "switches": switches,
             "versions": versions(),
             "git": git_revision(),
         }

@@ -27,7 +27,7 @@ from bn_repro.train import checkpoint, lock
 from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.environment import record_start
 from bn_repro.train.loop import Compute, Plan, Progress, Trainer, stop_on_signals
-from bn_repro.train.optim import build_optimizer
+from bn_repro.train.optim import build_optimizer, is_fused, load_state
 from bn_repro.train.probe import InputProbe
 from bn_repro.train.records import Records, setup_logging
 from bn_repro.train.requeue import INTERRUPTED_EXIT_CODE, ask_to_be_requeued, exit_stopped
@@ -106,7 +106,7 @@ def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Traine
     records.write_file("config.json", resolved)
     records.write_file("effective_hparams.json", vars(hp))
     records.write_file("schedule.json", schedule_table(hp, plan.max_paper_steps))
-    record_start(run_dir, dist, enabled=dist.is_main)
+    record_start(run_dir, dist, dist.is_main, resolved_switches(compute, optimizer))
     ddp = wrap_ddp(model, compute.device)
     forward = torch.compile(ddp, mode=cfg.trainer.compile) if cfg.trainer.compile else ddp
     trainer = Trainer(
@@ -232,6 +232,16 @@ def pick_compute(cfg: RunConfig, dist: Dist) -> Compute:
     return Compute(dist.device, torch.bfloat16 if bf16 else None, channels_last, copy_stream)
 
 
+def resolved_switches(compute: Compute, optimizer: torch.optim.Optimizer) -> dict:
+    """What the config's null and auto switches became on this device, for the records."""
+    return {
+        "precision": "bf16" if compute.autocast_dtype == torch.bfloat16 else "fp32",
+        "channels_last": compute.channels_last,
+        "overlap_copy": compute.copy_stream is not None,
+        "fused_optimizer": is_fused(optimizer),
+    }
+
+
 def fused_optimizer(cfg: RunConfig, dist: Dist) -> bool:
     fused = cfg.trainer.fused_optimizer
     return dist.device.type == "cuda" if fused is None else fused
@@ -281,7 +291,7 @@ def resume(
             " its own run_dir=PATH"
         )
     model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
+    load_state(optimizer, payload["optimizer"])
     rng = payload["rng"][dist.rank % len(payload["rng"])]
     torch.set_rng_state(rng[0])
     if dist.device.type == "cuda" and len(rng) > 1:

@@ -6,6 +6,8 @@ from torch import nn
 from bn_repro.hparams import EffectiveHparams
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
+# How the update runs, not what it computes: the device decides, never a checkpoint.
+KERNEL_CHOICES = ("fused", "foreach")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -30,3 +32,19 @@ def build_optimizer(model: nn.Module, hp: EffectiveHparams, fused: bool) -> torc
     return torch.optim.SGD(
         parameter_groups(model, hp.weight_decay), lr=hp.lr, momentum=hp.momentum, fused=fused
     )
+
+
+def load_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """A checkpoint's optimizer state (momentum buffers, rates) with the kernels this optimizer
+    was built with: a saved group carries the fused and foreach flags of the device that wrote
+    it, and load_state_dict would bring them back (a run started on the CPU and resumed on a
+    GPU would train unfused)."""
+    chosen = [{key: group[key] for key in KERNEL_CHOICES} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kernels in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(kernels)
+
+
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every group updates with the fused kernel, as the step will run it."""
+    return all(group["fused"] for group in optimizer.param_groups)
