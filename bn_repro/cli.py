@@ -327,6 +327,13 @@ def _add_evaluate_setup(parser: argparse.ArgumentParser) -> None:
         help="images per rank and batch (default: the run's trainer.eval_batch_per_rank at 1"
         " crop, 1/32 of it at several)",
     )
+    parser.add_argument(
+        "--crops-per-pass",
+        type=int,
+        metavar="CROPS",
+        help="at several crops, the most crops one forward pass takes, whatever --batch is: it"
+        " bounds the GPU memory (default 1024, about 2 GB of activations at 224 pixels)",
+    )
     parser.add_argument("--data-root", help="the prepared data, if not the runs' data.root")
     parser.add_argument("--loader", choices=("dali", "torch"), help="default: the runs' loader")
     parser.add_argument(
@@ -346,10 +353,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
             f"--crops {args.crops}: give one or more of {', '.join(map(str, CROP_COUNTS))},"
             " e.g. 1,144"
         )
-    if any(n is not None and n < 1 for n in (args.batch, args.population_batches)):
-        raise UserError("--batch and --population-batches must be at least 1")
+    if any(n is not None and n < 1 for n in (args.batch, args.population_batches)) or (
+        args.crops_per_pass is not None and args.crops_per_pass < 1
+    ):
+        raise UserError("--batch, --population-batches and --crops-per-pass must be at least 1")
     from bn_repro.evaluate.members import Settings  # torch: after the arguments are checked
-    from bn_repro.evaluate.run import Options, evaluate
+    from bn_repro.evaluate.run import CROPS_PER_PASS, Options, evaluate
 
     settings = Settings(
         args.data_root,
@@ -357,7 +366,13 @@ def run_evaluate(args: argparse.Namespace) -> None:
         args.device and Device(args.device),
     )
     options = Options(
-        args.checkpoint, args.bn_stats, args.population_batches, crops, args.batch, settings
+        args.checkpoint,
+        args.bn_stats,
+        args.population_batches,
+        crops,
+        args.batch,
+        args.crops_per_pass or CROPS_PER_PASS,
+        settings,
     )
     for record in evaluate(args.run_dirs, options):
         names = " + ".join(member["run"] for member in record["members"])

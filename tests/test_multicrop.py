@@ -5,13 +5,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nvidia.dali import fn
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from PIL import Image
 
 from bn_repro import cli
 from bn_repro.data import build_data
 from bn_repro.data.augment import val_transform
-from bn_repro.data.dali_loader import READER, _pipeline_options, dali_source, multicrop_pipeline
+from bn_repro.data.dali_loader import (
+    READER,
+    _pipeline_options,
+    dali_source,
+    multicrop_pipeline,
+    val_pipeline,
+)
 from bn_repro.data.make_mini import MiniSpec
 from bn_repro.data.multicrop import (
     CROP_COUNTS,
@@ -113,12 +120,30 @@ def test_multicrop_equals_single_crop_for_a_model_constant_over_crops():
     labels = torch.tensor([3, 1, 4, 1])
     parts = [multicrop_transform(32)(image) for image in images]
     batch = tuple(torch.stack(p) for p in zip(*parts, strict=True)), labels
-    (multi,), _ = multi_crop([model], batch, CPU, 32)
+    (multi,), _ = multi_crop([model], batch, CPU, 32, crops_per_pass=1024)
     single = torch.stack([val_transform(32)(image) for image in images])
     with torch.no_grad():
         logits = model(CPU.batch(single, labels)[0])
     torch.testing.assert_close(multi, torch.log_softmax(logits, 1), rtol=0, atol=1e-5)
     assert counts(multi, labels) == counts(logits, labels)
+
+
+def test_a_forward_pass_takes_at_most_crops_per_pass_crops_whatever_the_batch():
+    # 4 images at 144 crops are 4 x 126 distinct crops: in passes of at most 50, the same scores
+    torch.manual_seed(0)
+    model = model_of("bn_x5", num_classes=10).eval()
+    images = [
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (45, 60, 3), np.uint8))
+        for k in range(4)
+    ]
+    parts = [multicrop_transform(32)(image) for image in images]
+    batch = tuple(torch.stack(p) for p in zip(*parts, strict=True)), torch.tensor([3, 1, 4, 1])
+    (whole,), _ = multi_crop([model], batch, CPU, 32, crops_per_pass=4 * 126)
+    passes = []
+    model.register_forward_pre_hook(lambda module, inputs: passes.append(len(inputs[0])))
+    (chunked,), _ = multi_crop([model], batch, CPU, 32, crops_per_pass=50)
+    assert max(passes) == 50 and sum(passes) == 4 * 126
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
 
 
 def counts(scores: torch.Tensor, labels: torch.Tensor) -> tuple:
@@ -214,3 +239,30 @@ def test_dali_on_the_gpu_cuts_the_fallbacks_squares(landscape):
     for mine, yours in zip(ours, theirs, strict=True):
         assert mine.is_cuda
         assert (mine.cpu().int() - yours.int()).abs().float().mean() < 2
+
+
+class Decoded(Exception):
+    """Raised by a stand-in decoder once it has seen its arguments."""
+
+
+@pytest.mark.parametrize("crops", [1, CROPS])
+def test_the_gpu_decodes_validation_at_any_crops_as_libjpeg_does(landscape, monkeypatch, crops):
+    # nvJPEG's chroma upsampling as libjpeg-turbo's, as the torchvision loader decodes, for
+    # Figure 4's rows as for training's evaluations. The pipeline is defined, never built:
+    # the decoder's arguments are known at its call, without a GPU.
+    seen = []
+
+    def decoder(jpegs, **arguments):
+        seen.append(arguments)
+        raise Decoded
+
+    monkeypatch.setattr(fn.decoders, "image", decoder)
+    cfg = data_cfg(landscape, format="folder")
+    val = dali_source(landscape, read_manifest(landscape), DataFormat.folder, "val")
+    options = _pipeline_options(cfg, 4, None)
+    with pytest.raises(Decoded):
+        if crops == 1:
+            val_pipeline(cfg, val, 0, 1, True, 0, **options)
+        else:
+            multicrop_pipeline(cfg, val, 0, 1, True, 0, crops, True, **options)
+    assert seen[0]["device"] == "mixed" and seen[0]["jpeg_fancy_upsampling"] is True

@@ -24,22 +24,29 @@ def single_crop(
 
 @torch.no_grad()
 def multi_crop(
-    models: list[nn.Module], batch: tuple, compute: Compute, size: int
+    models: list[nn.Module], batch: tuple, compute: Compute, size: int, crops_per_pass: int
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each model's log mean probabilities over the crops of every image of a loader's multicrop
-    batch (a tuple of squares, multicrop.MultiCropSquares), and the labels."""
+    batch (a tuple of squares, multicrop.MultiCropSquares), and the labels. A forward pass
+    takes at most crops_per_pass crops, whatever the batch: 256 images at 144 crops are 36,864,
+    tens of GB for the first convolution's output alone."""
     parts, labels = batch
     parts = tuple(part.to(compute.device, non_blocking=True) for part in parts)
     crops, weights = views(parts, size)
     count, per_image = crops.shape[:2]
-    images = normalize(crops.flatten(0, 1)).contiguous(memory_format=compute.memory_format)
+    chunks = crops.flatten(0, 1).split(crops_per_pass)  # uint8 views: normalized a chunk at a time
     scores = []
     for model in models:
-        with compute.autocast():
-            logits = model(images).float()
+        logits = torch.cat([_logits(model, chunk, compute) for chunk in chunks])
         log_probs = F.log_softmax(logits, dim=1).view(count, per_image, -1)
         scores.append(mean_probability(log_probs, weights))
     return scores, labels.to(compute.device, non_blocking=True)
+
+
+def _logits(model: nn.Module, crops: torch.Tensor, compute: Compute) -> torch.Tensor:
+    images = normalize(crops).contiguous(memory_format=compute.memory_format)
+    with compute.autocast():
+        return model(images).float()
 
 
 def ensemble(scores: list[torch.Tensor]) -> torch.Tensor:

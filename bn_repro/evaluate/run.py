@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from bn_repro.data import DataSource
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 # Images per multicrop batch: the run's evaluation batch over this, so that a forward pass of
 # their crops (up to 126 distinct of the 144) is a few times the single-crop one.
 MULTICROP_BATCH_DIVISOR = 32
+# Crops in one forward pass at several crops: at 224 pixels about 2 GB of bf16 activations at
+# the first convolution's output, whatever --batch is.
+CROPS_PER_PASS = 1024
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Options:
     population_batches: int | None = None  # per rank; None: each run's trainer.population_batches
     crops: tuple[int, ...] = (1,)
     batch: int | None = None  # images per rank and batch; None: from the run's evaluation batch
+    crops_per_pass: int = CROPS_PER_PASS  # at most, in one forward pass at several crops
     settings: Settings = field(default_factory=Settings)
 
 
@@ -61,6 +66,7 @@ class Networks:
     compute: Compute
     crop_size: int
     multicrop_batch: int  # images per rank and batch at 144 crops
+    crops_per_pass: int  # at most, in one forward pass
 
 
 def evaluate(run_dirs: list[Path], options: Options) -> list[dict]:
@@ -84,7 +90,9 @@ def evaluate(run_dirs: list[Path], options: Options) -> list[dict]:
                 1, cfg.trainer.eval_batch_per_rank // MULTICROP_BATCH_DIVISOR
             )
             val = build_run_data(cfg, dist, compute, None)
-            networks = Networks(models, val, compute, cfg.data.image_size, multicrop_batch)
+            networks = Networks(
+                models, val, compute, cfg.data.image_size, multicrop_batch, options.crops_per_pass
+            )
             described = [m.describe() | s for m, s in zip(members, stats, strict=True)]
             common = _common(options, dist, compute, cfg)
             written = [
@@ -143,6 +151,9 @@ def _pass(networks: Networks, crops: int, described: list[dict], common: dict) -
     """One pass over the validation set at `crops` crops: a record per member and, for several,
     one for the ensemble."""
     start = time.perf_counter()
+    device = networks.compute.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     several = len(networks.models) > 1
     tallies = [Tally(networks.compute.device) for _ in range(len(networks.models) + several)]
     for scores, labels in _predictions(networks, crops):
@@ -158,6 +169,8 @@ def _pass(networks: Networks, crops: int, described: list[dict], common: dict) -
         "seconds": round(seconds, 3),
         # images x crops x networks per second, over all ranks
         "crops_per_s": round(counts[0].count * crops * len(networks.models) / seconds, 1),
+        "crops_per_pass": networks.crops_per_pass if crops > 1 else None,
+        "peak_memory_gib": _peak_memory_gib(device),
     }
     groups = [[d] for d in described] + ([described] if several else [])
     written = [
@@ -177,6 +190,13 @@ def _pass(networks: Networks, crops: int, described: list[dict], common: dict) -
     return written
 
 
+def _peak_memory_gib(device: torch.device) -> float | None:
+    """This rank's peak of tensor memory on its GPU during the pass; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+
+
 def _predictions(networks: Networks, crops: int) -> Iterator[tuple[list, object]]:
     """Each network's scores for every batch of this rank's validation images, and the labels."""
     models, compute = networks.models, networks.compute
@@ -187,7 +207,7 @@ def _predictions(networks: Networks, crops: int) -> Iterator[tuple[list, object]
             yield single_crop(models, batch, compute)
         return
     for batch in networks.val.multicrop_batches(networks.multicrop_batch, crops):
-        yield multi_crop(models, batch, compute, networks.crop_size)
+        yield multi_crop(models, batch, compute, networks.crop_size, networks.crops_per_pass)
 
 
 def _common(options: Options, dist: Dist, compute: Compute, cfg: RunConfig) -> dict:
