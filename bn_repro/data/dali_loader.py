@@ -102,6 +102,13 @@ def _decoder(cfg: DataConfig, gpu: bool, as_libjpeg: bool = False) -> dict:
     return {**options, "jpeg_fancy_upsampling": True} if as_libjpeg else options
 
 
+def _val_decode(jpegs, cfg: DataConfig, gpu: bool):
+    """Validation's decoding, at 1 crop and at several (Figure 4): the same pixels for both."""
+    return fn.decoders.image(
+        jpegs, output_type=types.RGB, adjust_orientation=False, **_decoder(cfg, gpu, True)
+    )
+
+
 def _on_device(labels, gpu: bool):
     # The step reads labels on the GPU; a host copy of its own would wait for the steps before.
     return labels.gpu() if gpu else labels
@@ -195,9 +202,7 @@ def val_pipeline(
     cfg: DataConfig, source: dict, rank: int, world_size: int, gpu: bool, shuffle_seed: int
 ):
     jpegs, labels = _read(source, rank, world_size, None, shuffle_seed)
-    images = fn.decoders.image(
-        jpegs, output_type=types.RGB, adjust_orientation=False, **_decoder(cfg, gpu, True)
-    )
+    images = _val_decode(jpegs, cfg, gpu)
     images = _val_resize(images, jpegs, round(cfg.image_size / VAL_CROP_FRACTION), cfg, gpu)
     size = cfg.image_size
     images = fn.crop(images, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5)
@@ -218,9 +223,7 @@ def multicrop_pipeline(
     """Validation at `crops` crops: each image's squares at every scale (multicrop.py). native:
     with DALI's own slice and resize (on the GPU); else augment.resize's, as the fallback."""
     jpegs, labels = _read(source, rank, world_size, None, shuffle_seed)
-    images = fn.decoders.image(
-        jpegs, output_type=types.RGB, adjust_orientation=False, **_decoder(cfg, gpu)
-    )
+    images = _val_decode(jpegs, cfg, gpu)
     if native:
         parts = _native_squares(images, cfg, crops)
     else:
