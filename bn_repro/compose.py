@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from bn_repro import paper
-from bn_repro.schema import ConfigError, Figure1Config, RunConfig, check, check_figure1
+from bn_repro.schema import ConfigError, RunConfig, check
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -40,7 +40,6 @@ def register() -> None:
     """What configs/train.yaml needs of Python: the schema it merges into, the paper's numbers."""
     OmegaConf.register_new_resolver("paper", _paper_value, replace=True)
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
-    ConfigStore.instance().store(name="figure1_schema", node=Figure1Config)
 
 
 def experiments() -> list[str]:
@@ -49,26 +48,14 @@ def experiments() -> list[str]:
 
 def compose(overrides: list[str]) -> DictConfig:
     """The run configuration for these Hydra overrides, checked; ConfigError if it is wrong."""
-    cfg = _composed("train", overrides)
+    cfg = composed("train", overrides)
     validate(cfg)
     return cfg
 
 
-def compose_figure1(overrides: list[str]) -> Figure1Config:
-    """Figure 1's configuration (configs/figure1.yaml) with these overrides, checked."""
-    cfg = _composed("figure1", overrides)
-    undeclared = _undeclared_keys(cfg, Figure1Config)
-    if undeclared:
-        raise ConfigError(
-            f"unknown config keys {undeclared}: check their spelling against"
-            " `bn-repro figure1 --cfg`"
-        )
-    figure1 = OmegaConf.to_object(cfg)
-    check_figure1(figure1)
-    return figure1
-
-
-def _composed(config_name: str, overrides: list[str]) -> DictConfig:
+def composed(config_name: str, overrides: list[str]) -> DictConfig:
+    """configs/<config_name>.yaml with these overrides, resolved; ConfigError for what Hydra
+    or OmegaConf refuse."""
     if not CONFIG_DIR.is_dir():
         raise ConfigError(
             f"no configs/ folder at {CONFIG_DIR}: install bn-repro from a clone (pip install -e .)"
@@ -136,14 +123,15 @@ def explain(error: BaseException) -> str:
     return "\n".join(lines)
 
 
-def _undeclared_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]:
+def undeclared_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]:
+    """The keys of node that the dataclass schema does not declare, nested ones included."""
     fields = {f.name: f.type for f in dataclasses.fields(schema)}
     undeclared = []
     for key in node:
         if key not in fields:
             undeclared.append(f"{prefix}{key}")
         elif dataclasses.is_dataclass(fields[key]):
-            undeclared += _undeclared_keys(node[key], fields[key], f"{prefix}{key}.")
+            undeclared += undeclared_keys(node[key], fields[key], f"{prefix}{key}.")
     return undeclared
 
 
@@ -151,7 +139,7 @@ def validate(cfg: DictConfig) -> None:
     """What composition lets through: no experiment, keys added with +, and the schema's checks."""
     if OmegaConf.is_missing(cfg, "name"):
         raise ConfigError(f"no experiment chosen: add experiment=NAME, one of {experiments()}")
-    undeclared = _undeclared_keys(cfg, RunConfig)
+    undeclared = undeclared_keys(cfg, RunConfig)
     if undeclared:
         raise ConfigError(
             f"unknown config keys {undeclared}: check their spelling against"

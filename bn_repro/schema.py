@@ -232,74 +232,9 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-@dataclass
-class MnistConfig:
-    test_per_class: int = positive()  # held-out digits of each class; the rest train
-    split_seed: int = MISSING
-    threshold: int = positive()  # a pixel of this grey level (0-255) or more is 1, else 0
-
-
-@dataclass
-class MlpConfig:
-    hidden_layers: int = positive()
-    hidden_units: int = positive()
-    init_std: float = positive()  # of the Gaussian every weight is drawn from
-    bn_eps: float = positive()
-    bn_momentum: float = fraction()
-
-
-@dataclass
-class Figure1TrainConfig:
-    steps: int = positive()
-    batch: int = positive()
-    lr: float = positive()  # plain SGD
-    eval_every: int = positive()  # steps between evaluations (and input percentiles)
-    probe_examples: int = positive()  # fixed training digits the percentiles are taken over
-    probe_unit: int = non_negative()  # the probed unit of each hidden layer
-    population_batches: int = positive()  # Algorithm 2's statistics at the end
-    threads: int = positive()  # torch's CPU threads for each network
-    jobs: int = positive()  # networks trained at once, each in a process of its own
-
-
-@dataclass
-class SanturkarConfig:
-    measurements: int = positive()  # in a run, log-spaced over the steps
-    step_multiples: list[float] = MISSING  # the landscape's steps along the gradient, x train.lr
-
-
-@dataclass
-class Figure1Config:
-    """`bn-repro figure1`: Figure 1's MNIST network trained with and without BN (Sec. 4.1),
-    and Santurkar et al.'s measurements on it; configs/figure1.yaml."""
-
-    seed: int = MISSING
-    run_dir: str = not_empty()
-    norms: list[Norm] = MISSING  # the networks trained, each in run_dir/<norm>
-    data: MnistConfig = field(default_factory=MnistConfig)
-    model: MlpConfig = field(default_factory=MlpConfig)
-    train: Figure1TrainConfig = field(default_factory=Figure1TrainConfig)
-    santurkar: SanturkarConfig = field(default_factory=SanturkarConfig)
-
-
-def check_figure1(cfg: Figure1Config) -> None:
-    _check_fields(cfg, "")
-    if not cfg.norms or len(set(cfg.norms)) != len(cfg.norms):
-        raise ConfigError(f"norms={cfg.norms}: list each of none, batchnorm at most once")
-    multiples = cfg.santurkar.step_multiples
-    if not multiples or min(multiples) <= 0:
-        raise ConfigError(f"santurkar.step_multiples={multiples}: give positive multiples")
-    if cfg.train.probe_unit >= cfg.model.hidden_units:
-        raise ConfigError(
-            f"train.probe_unit={cfg.train.probe_unit}: the hidden layers have"
-            f" {cfg.model.hidden_units} units, numbered from 0"
-        )
-    if cfg.data.threshold > 255:
-        raise ConfigError(f"data.threshold={cfg.data.threshold}: grey levels go up to 255")
-
-
 def check(cfg: RunConfig) -> None:
     """What the types cannot express: each field's rule, and the rules across fields."""
-    _check_fields(cfg, "")
+    check_fields(cfg, "")
     if cfg.data.kind == DataKind.synthetic and cfg.data.synthetic is None:
         raise ConfigError("data.kind=synthetic needs a data.synthetic section: use data=synthetic")
     if cfg.model.per_activation_bn and cfg.model.norm is not Norm.batchnorm:
@@ -309,11 +244,13 @@ def check(cfg: RunConfig) -> None:
         )
 
 
-def _check_fields(node, prefix: str) -> None:
+def check_fields(node, prefix: str) -> None:
+    """Each field's rule through the nested dataclasses of node (its keys named from prefix);
+    ConfigError for the first that breaks one."""
     for spec in dataclasses.fields(node):
         key, value = f"{prefix}{spec.name}", getattr(node, spec.name)
         if dataclasses.is_dataclass(value):
-            _check_fields(value, f"{key}.")
+            check_fields(value, f"{key}.")
         elif "rule" in spec.metadata:
             holds, says = RULES[spec.metadata["rule"]]
             if not math.isfinite(value):

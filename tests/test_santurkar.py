@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bn_repro.train.santurkar import (
+from bn_repro.figure1.santurkar import (
     batch_loss,
     gradient,
     gradient_ics,

@@ -1,5 +1,6 @@
 """The networks: build_model makes the ImageNet Inception of a model config (inception.py),
-whose layers (layers.py) take BN as Sec. 3.2 inserts it; Figure 1's network is mlp.py."""
+whose layers (layers.py) take BN as Sec. 3.2 inserts it; Figure 1's network is
+bn_repro/figure1/model.py."""
 
 from torch import nn
 

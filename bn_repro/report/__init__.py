@@ -5,9 +5,9 @@ paper's numbers; Figure 1 and Santurkar et al.'s measurements from `bn-repro fig
 from pathlib import Path
 
 from bn_repro.errors import UserError
+from bn_repro.figure1.report import write_figure1_report
 from bn_repro.report import markdown
 from bn_repro.report.claims import judge
-from bn_repro.report.figure1 import figure1_runs, write_figure1
 from bn_repro.report.figure4 import write_figure4
 from bn_repro.report.figures import figure2, lr_plot
 from bn_repro.report.inputs import write_input_distributions
@@ -21,17 +21,16 @@ class ReportError(UserError, ValueError):
 
 def write_report(paths: list[Path], out: Path) -> list[Row]:
     found = summaries(paths)
-    runs, studies = trainer_runs(found), figure1_runs(found)
-    if not runs and not studies:
+    runs = trainer_runs(found)
+    _check_one_data_set(runs)
+    figure1 = write_figure1_report(found, out)  # the runs of `bn-repro figure1`, if any
+    if not runs and not figure1:
         raise ReportError(
             f"no runs (folders with a summary.json) under {', '.join(map(str, paths))}"
         )
-    _check_one_data_set(runs)
-    out.mkdir(parents=True, exist_ok=True)
-    if studies:
-        write_figure1(studies, out)
     if not runs:
         return []
+    out.mkdir(parents=True, exist_ok=True)
     aims = targets(runs)
     rows = figure3(runs, aims)
     points = lr_multipliers(runs, aims)

@@ -92,7 +92,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
 
 def trainer_runs(found: list[tuple[Path, dict]]) -> list[Run]:
     """The runs of `bn-repro train` among the summaries (those of `bn-repro figure1`, marked
-    with a "study", are Figure 1's: report/figure1.py)."""
+    with a "study", are Figure 1's: bn_repro/figure1/report.py)."""
     runs = [read_run(path, summary) for path, summary in found if "study" not in summary]
     return [run for run in runs if run is not None]
 

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from bn_repro import paper  # noqa: E402
 from bn_repro.files import read_jsonl  # noqa: E402
 
-STUDY = "figure1"  # as train/figure1.py writes it into summary.json
+STUDY = "figure1"  # as training.py writes it into summary.json
 LABELS = {"none": "without BN", "batchnorm": "with BN"}
 COLOURS = {"none": "tab:orange", "batchnorm": "tab:blue"}
 QS = [f"p{q}" for q in paper.FIGURE_1_PERCENTILES]
@@ -48,6 +48,13 @@ class Figure1Run:
     def last_hidden(self) -> str:
         """The last hidden layer the probe recorded, e.g. hidden3."""
         return sorted(k.split("/")[0] for k in self.kind("inputs")[0] if k.endswith("/p50"))[-1]
+
+
+def write_figure1_report(found: list[tuple[Path, dict]], out: Path) -> list[Path]:
+    """Figure 1's part of `bn-repro report`: its files in out, drawn from the runs of
+    `bn-repro figure1` among the summaries (report.runs.summaries); none without such runs."""
+    runs = figure1_runs(found)
+    return write_figure1(runs, out) if runs else []
 
 
 def figure1_runs(found: list[tuple[Path, dict]]) -> list[Figure1Run]:

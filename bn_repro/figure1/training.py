@@ -6,7 +6,8 @@ paper_steps = step in its records). A 784-100-100-100-10 network trains 50,000 o
 minutes on one CPU core through a small loop of its own: the ImageNet trainer's machinery (ranks,
 loaders, checkpoints) would cost more than the network. It shares the rest: the records
 (metrics.jsonl, TensorBoard, summary.json), the input-distribution probe, BN's layers and
-Algorithm 2. The loop never sees the config: run_figure1 builds a Plan and the objects."""
+Algorithm 2. The loop (fit) never sees the config: train_network builds a NetworkPlan and the
+objects."""
 
 import json
 import logging
@@ -24,16 +25,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from bn_repro import paper
-from bn_repro.data.mnist import Digits, MnistSplit, load_mnist
 from bn_repro.data.sharding import batches_per_epoch, epoch_order, train_batches
-from bn_repro.models.mlp import MLP
+from bn_repro.figure1.config import Figure1Config
+from bn_repro.figure1.data import Digits, MnistSplit, load_mnist
+from bn_repro.figure1.model import MLP
+from bn_repro.figure1.santurkar import batch_loss, gradient_ics, landscape, parameters_of
 from bn_repro.models.population_stats import batchnorms, population_statistics
-from bn_repro.schema import ConfigError, Figure1Config, Norm
+from bn_repro.schema import ConfigError, Norm
 from bn_repro.train.distributed import Dist
 from bn_repro.train.environment import record_start
 from bn_repro.train.probe import InputProbe
 from bn_repro.train.records import Records, setup_logging
-from bn_repro.train.santurkar import batch_loss, gradient_ics, landscape, parameters_of
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ LABELS = {Norm.none: "without BN", Norm.batchnorm: "with BN"}
 
 
 @dataclass(frozen=True)
-class Plan:
+class NetworkPlan:
     label: str  # of the network, in the log
     steps: int
     batch: int
@@ -55,7 +57,7 @@ class Plan:
     seed: int  # of the training order
 
 
-def run_figure1(cfg: Figure1Config) -> list[dict]:
+def train_networks(cfg: Figure1Config) -> list[dict]:
     """Train each network of cfg.norms in run_dir/<norm>, train.jobs of them at once (each in a
     process of its own); their summaries."""
     jobs = min(cfg.train.jobs, len(cfg.norms))
@@ -91,7 +93,7 @@ def train_network(cfg: Figure1Config, norm: Norm) -> dict:
         "Figure 1 %s: %d steps of %d digits in %s", plan.label, plan.steps, plan.batch, run_dir
     )
     start = time.perf_counter()
-    final, best = train(model, split, probe, records, plan)
+    final, best = fit(model, split, probe, records, plan)
     summary = {
         "study": STUDY,
         "name": f"{STUDY}_{norm.value}",
@@ -106,7 +108,7 @@ def train_network(cfg: Figure1Config, norm: Norm) -> dict:
     return summary
 
 
-def outcome(plan: Plan, split: MnistSplit, final: dict, best: dict) -> dict:
+def outcome(plan: NetworkPlan, split: MnistSplit, final: dict, best: dict) -> dict:
     return {
         "status": "finished",
         **counters(plan.steps, plan, len(split.train.labels)),
@@ -144,8 +146,8 @@ def load_checked(cfg: Figure1Config) -> MnistSplit:
     return split
 
 
-def make_plan(cfg: Figure1Config, label: str) -> Plan:
-    return Plan(
+def make_plan(cfg: Figure1Config, label: str) -> NetworkPlan:
+    return NetworkPlan(
         label,
         cfg.train.steps,
         cfg.train.batch,
@@ -190,7 +192,7 @@ def probe_images(train: Digits, cfg: Figure1Config) -> torch.Tensor:
     return train.images[chosen]
 
 
-def counters(step: int, plan: Plan, train_size: int) -> dict:
+def counters(step: int, plan: NetworkPlan, train_size: int) -> dict:
     return {
         "step": step,
         "images_seen": step * plan.batch,
@@ -199,7 +201,7 @@ def counters(step: int, plan: Plan, train_size: int) -> dict:
     }
 
 
-def batches(train_size: int, plan: Plan) -> Iterator[torch.Tensor]:
+def batches(train_size: int, plan: NetworkPlan) -> Iterator[torch.Tensor]:
     """Training digits by index, epoch after epoch, each epoch a fresh seeded permutation cut
     into batches (as the ImageNet loaders' order, sharding.py)."""
     epoch = 0
@@ -209,8 +211,8 @@ def batches(train_size: int, plan: Plan) -> Iterator[torch.Tensor]:
         epoch += 1
 
 
-def train(
-    model: MLP, split: MnistSplit, probe: InputProbe, records: Records, plan: Plan
+def fit(
+    model: MLP, split: MnistSplit, probe: InputProbe, records: Records, plan: NetworkPlan
 ) -> tuple[dict, dict]:
     """Plain SGD for plan.steps; evaluations every plan.eval_every steps and at the end,
     Santurkar's measurements at the steps of plan.measure_at, then Algorithm 2. The final
@@ -218,14 +220,14 @@ def train(
     optimizer = torch.optim.SGD(model.parameters(), lr=plan.lr)
     train_size = len(split.train.labels)
     order = batches(train_size, plan)
-    window, best = Window(), None
+    window, best = LossWindow(), None
     for step in range(plan.steps + 1):
         if step % plan.eval_every == 0 or step == plan.steps:
             at = counters(step, plan, train_size)
             if window.count:
                 records.write({"kind": "train", **at, "loss": window.mean()})
-                window = Window()
-            last = evaluate(model, split.test, records, at)
+                window = LossWindow()
+            last = evaluate_held_out(model, split.test, records, at)
             records.write({"kind": "inputs", **at, **probe.measure(model)})
             if best is None or last["top1"] > best["top1"]:
                 best = last
@@ -251,7 +253,7 @@ def train_step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.
 
 
 @dataclass
-class Window:
+class LossWindow:
     """The training loss since the last evaluation, summed on the tensor side."""
 
     total: torch.Tensor | float = 0.0
@@ -266,7 +268,9 @@ class Window:
 
 
 @torch.no_grad()
-def evaluate(model: MLP, test: Digits, records: Records, at: dict, bn_stats: str = "") -> dict:
+def evaluate_held_out(
+    model: MLP, test: Digits, records: Records, at: dict, bn_stats: str = ""
+) -> dict:
     """Accuracy and loss on every held-out digit, BN with its running averages unless bn_stats
     names other statistics; the record, written."""
     model.eval()
@@ -287,7 +291,12 @@ def evaluate(model: MLP, test: Digits, records: Records, at: dict, bn_stats: str
 
 
 def measure(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, plan: Plan, records, at: dict
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    plan: NetworkPlan,
+    records,
+    at: dict,
 ) -> None:
     """Santurkar et al.'s ICS per layer and the landscape along the gradient, on this step's
     batch at the weights before its update, each a record of its own kind."""
@@ -301,7 +310,7 @@ def measure(
 
 
 def algorithm_2(
-    model: MLP, split: MnistSplit, order: Iterator, records: Records, plan: Plan, at: dict
+    model: MLP, split: MnistSplit, order: Iterator, records: Records, plan: NetworkPlan, at: dict
 ) -> dict | None:
     """With BN, the final evaluation on population statistics over the training batches that
     follow the last step (Algorithm 2); None without BN."""
@@ -309,6 +318,6 @@ def algorithm_2(
         return None
     images = (split.train.images[chosen] for chosen in order)
     with population_statistics(model, images, plan.population_batches) as used:
-        return evaluate(
+        return evaluate_held_out(
             model, split.test, records, {**at, "population_batches": used}, "population"
         )

@@ -1,14 +1,15 @@
 """Figure 1's network (Sec. 4.1): binary 28x28 inputs, fully connected hidden layers of sigmoid
 units, each y = g(Wu + b), then a linear 10-way output (the softmax is in the loss). With BN,
 each hidden layer normalizes its pre-activation before the sigmoid and drops its bias (Sec. 3.2),
-as layers.NormAct builds every layer of the ImageNet networks."""
+as bn_repro.models.layers.NormAct builds every layer of the ImageNet networks."""
 
 from collections import OrderedDict
 
 from torch import nn
 
+from bn_repro.figure1.config import MlpConfig
 from bn_repro.models.layers import NormAct
-from bn_repro.schema import Activation, MlpConfig, Norm
+from bn_repro.schema import Activation, Norm
 
 
 class MLP(nn.Sequential):
