@@ -23,17 +23,19 @@ def recompute_population_stats(
     """Set every BN layer's inference statistics from num_batches training mini-batches.
 
     E[x] is the mean of the mini-batch means and Var[x] = m/(m-1) times the mean of the
-    mini-batch variances: PyTorch's cumulative average (momentum=None) of its unbiased per-batch
-    variances computes exactly that for batches of equal size. The model runs as in training
-    (auxiliary heads too), but for dropout, which would change what later layers see. Returns the
-    number of batches used; on an error, or if `batches` is empty, the previous statistics are
-    kept.
+    mini-batch variances: with momentum 1 a BN layer's running statistics are its mini-batch's
+    mean and unbiased variance, which a hook adds up after each of its passes. All on the device:
+    PyTorch's own cumulative average (momentum=None) reads the batch count on the host in every
+    layer, a wait for the GPU some 70 times a batch. The model runs as in training (auxiliary
+    heads too), but for dropout, which would change what later layers see. Returns the number of
+    batches used; on an error, or if `batches` is empty, the previous statistics are kept.
     """
     layers = batchnorms(model)
     if not layers:
         return 0
     saved = [(bn.momentum, {k: v.clone() for k, v in bn.state_dict().items()}) for bn in layers]
     modes = {module: module.training for module in model.modules()}
+    sums = _Sums(layers)
     seen = 0
     try:
         model.train()
@@ -41,23 +43,55 @@ def recompute_population_stats(
             if isinstance(module, nn.modules.dropout._DropoutNd):
                 module.eval()
         for bn in layers:
-            bn.reset_running_stats()
-            bn.momentum = None
+            bn.momentum = 1.0
         for images in itertools.islice(batches, num_batches):
             model(images)
             seen += 1
         if seen == 0:
             raise ValueError("no batches to recompute the BN population statistics from")
+        sums.set_averages()
     except BaseException:
         for bn, (_, state) in zip(layers, saved, strict=True):
             bn.load_state_dict(state)
         raise
     finally:
+        sums.remove()
         for bn, (momentum, _) in zip(layers, saved, strict=True):
             bn.momentum = momentum
         for module, training in modes.items():
             module.training = training
     return seen
+
+
+class _Sums:
+    """Each BN layer's mini-batch means and unbiased variances summed over its passes, on its
+    device, by a forward hook: a layer's running statistics after a pass with momentum 1."""
+
+    def __init__(self, layers: list[nn.modules.batchnorm._BatchNorm]):
+        self.sums = {
+            bn: [torch.zeros_like(bn.running_mean), torch.zeros_like(bn.running_var), 0]
+            for bn in layers
+        }
+        self.hooks = [bn.register_forward_hook(self._add) for bn in layers]
+
+    def _add(self, bn: nn.Module, inputs, output) -> None:
+        sums = self.sums[bn]
+        sums[0] += bn.running_mean
+        sums[1] += bn.running_var
+        sums[2] += 1
+
+    def set_averages(self) -> None:
+        """Every layer that ran gets the averages; one that did not keeps its statistics."""
+        for bn, (means, variances, passes) in self.sums.items():
+            if not passes:
+                continue
+            bn.running_mean.copy_(means / passes)
+            bn.running_var.copy_(variances / passes)
+            bn.num_batches_tracked.fill_(passes)
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
 
 
 @contextmanager
