@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,13 @@ def record(
     target=None,
     data="data/mini/prepared",
     batch=32,
+    global_batch=32,
+    precision="fp32",
+    omit=(),
+    **fields,
 ):
-    """A run directory as the trainer leaves it: summary.json and metrics.jsonl."""
+    """A run directory as the trainer leaves it: summary.json and metrics.jsonl; fields: more
+    of the summary's; omit: the summary's keys to leave out (as older summaries do)."""
     standard = {"inception": 1, "bn_baseline": 1, "bn_x5": 5, "bn_x30": 30}
     run = root / folder
     run.mkdir(parents=True)
@@ -61,12 +67,16 @@ def record(
             "lr_multiplier": multiplier,
         },
         "batch_per_rank": batch,
+        "bn_batch": batch,
+        "global_batch": global_batch,
+        "precision": precision,
         "data": data,
         "num_classes": 10,
         "status": status,
         "paper_steps": evals[-1][0],
         "target_top1": target,
     }
+    summary = {key: value for key, value in (summary | fields).items() if key not in omit}
     (run / "summary.json").write_text(json.dumps(summary))
 
 
@@ -111,7 +121,7 @@ def test_the_figure3_table_has_the_known_answers(sweep, tmp_path):
     assert baseline.to_inception_max.speedup == pytest.approx(250 / (500 / 3))
     assert (x5.runs, x5.to_inception_max.reached, x5.to_inception_max.steps.mean) == (2, 1, 100)
     assert x5.status == "1 diverged, 1 finished"
-    assert x30.status == "1 running" and x30.batch_per_rank == [8]  # preempted: it resumes
+    assert x30.status == "1 running" and x30.bn_batch == 8  # preempted: it resumes
     assert x30.max_top1.mean == 0.52 and x30.paper_max_top1 == 0.748
     with (tmp_path / "out" / "figure3.csv").open() as file:
         table = {r["variant"]: r for r in csv.DictReader(file)}
@@ -119,7 +129,7 @@ def test_the_figure3_table_has_the_known_answers(sweep, tmp_path):
     assert table["bn_baseline"]["steps_to_target"] == ""
     assert table["bn_x30"]["steps_to_inception_max_reached"] == "1"
     assert table["bn_x30"]["paper_steps_to_target"] == "2700000.0"
-    assert table["bn_x30"]["bn_batch_per_rank"] == "8"
+    assert table["bn_x30"]["bn_batch"] == "8"
     markdown = (tmp_path / "out" / "figure3.md").read_text()
     assert "(seed 0: 50.00%, seed 1: 60.00%; a seed without one: their mean, 55.00%)" in markdown
     assert "| bn_x30 † | 100 (1/1) |" in markdown
@@ -158,6 +168,8 @@ def test_a_claim_holds_beyond_the_spread_when_the_seeds_agree(tmp_path):
 
 
 def test_the_learning_rate_comparison_compares_like_with_like(sweep, tmp_path):
+    # BN-x30 of the sweep normalizes over 8 images, BN-x5 over 32: another BN-x30 is compared
+    record(sweep, "bn_x30_bn32/0", "bn_x30", 0, [(50, 0.40), (100, 0.52)])
     write_report([sweep], tmp_path / "out")
     table = (tmp_path / "out" / "lr_multipliers.md").read_text()
     assert "| no BN, relu | 1 | 2 | 0 | 250 ± 71 (2/2) | 55.00% ± 7.07 |" in table
@@ -165,6 +177,7 @@ def test_the_learning_rate_comparison_compares_like_with_like(sweep, tmp_path):
     assert "| BN, relu, Sec. 4.2.1 | 5 | 2 | 1 | 100 (1/2) | 74.00% |" in table
     assert "| BN, relu, Sec. 4.2.1 | 30 | 1 | 0 | 100 (1/1) | 52.00% |" in table
     assert "| BN, relu | " not in table  # BN-Baseline's recipe ran at one rate only
+    assert "| 8 | fp32 |" not in table  # nor Sec. 4.2.1's at a BN batch of 8
     for name in ("figure2.png", "figure2.svg", "lr_multipliers.png", "README.md"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert (tmp_path / "out" / "README.md").read_text().count("| ") >= 9 * 9  # a row per run
@@ -242,3 +255,49 @@ def test_input_distributions_are_drawn_for_the_runs_that_recorded_them(sweep, tm
     assert len(rows) == 2 * 2 * 2  # runs x evaluations x layers
     baseline = [r for r in rows if r["variant"] == "bn_baseline" and r["layer"] == "5b"]
     assert [float(r["p85"]) for r in baseline] == pytest.approx([1.95, 2.05])
+
+
+def test_a_run_the_report_cannot_read_is_skipped_in_one_line_that_names_it(tmp_path, caplog):
+    root = tmp_path / "runs"
+    record(root, "good", "bn_x5", 0, [(100, 0.3), (200, 0.5)])
+    record(root, "null_recipe", "bn_x5", 1, [(100, 0.3)], recipe=None)
+    record(root, "no_metrics", "bn_x5", 2, [(100, 0.3)])
+    (root / "no_metrics" / "metrics.jsonl").unlink()
+    with (root / "good" / "metrics.jsonl").open("a") as metrics:  # an evaluation without top-1
+        metrics.write(json.dumps({"kind": "eval", "step": 300, "paper_steps": 300}) + "\n")
+    member = {"run": str(root / "good"), "name": "bn_x5", "bn_stats": "running"}
+    evaluation = {"kind": "evaluation", "id": "1", "time": "2026-01-01T00:00:00", "crops": 1}
+    evaluation |= {"checkpoint": "best", "crop_size": 32, "data": "data/mini/prepared"}
+    evaluation |= {"members": [member], "top5": 0.9, "count": 500}  # and no top1
+    (root / "good" / "evaluations.jsonl").write_text(json.dumps(evaluation) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor matplotlib's (a legend without curves)
+        rows = write_report([root], tmp_path / "out")
+    assert [(r.variant, r.runs, r.max_top1.mean) for r in rows] == [("bn_x5", 1, 0.5)]
+    lines = caplog.text.splitlines()
+    assert len(lines) == 4 and "Traceback" not in caplog.text
+    for line, expected in zip(
+        lines,
+        [
+            f"{root / 'good' / 'metrics.jsonl'}, record 3: skipped: an evaluation without top1",
+            f"{root / 'no_metrics'}: skipped: it has no metrics.jsonl",
+            f"{root / 'null_recipe'}: skipped: in its summary.json recipe is null",
+            f"{root / 'good' / 'evaluations.jsonl'}, record 1: skipped: it lacks top1",
+        ],
+        strict=True,
+    ):
+        assert expected in line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (root / "good" / "metrics.jsonl").write_text("")  # a run not yet evaluated: no curve
+        write_report([root], tmp_path / "out")
+
+
+def test_the_report_is_the_same_bytes_for_the_same_runs(sweep, tmp_path):
+    write_report([sweep], tmp_path / "first")
+    write_report([sweep], tmp_path / "second")
+    names = sorted(path.name for path in (tmp_path / "first").iterdir())
+    assert {"figure2.svg", "lr_multipliers.svg", "figure2.png", "figure3.csv"} <= set(names)
+    for name in names:
+        first, second = (tmp_path / "first" / name), (tmp_path / "second" / name)
+        assert first.read_bytes() == second.read_bytes(), name

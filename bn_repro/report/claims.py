@@ -1,18 +1,25 @@
-"""The paper's claims about its ImageNet networks, judged on a report's runs: each holds beyond
-the spread of the seeds (mean +- standard deviation intervals apart, two runs or more a side),
-by the means only, or not; or the runs cannot tell. Steps are to the Inception maximum of the
-run's own seed (tables.Targets); a run that never reached it counts as its length, a bound."""
+"""The paper's claims about its ImageNet networks, judged on a report's runs of each global
+batch and precision apart: each holds beyond the spread of the seeds (mean +- standard deviation
+intervals apart, two runs or more a side), by the means only, or not; or the runs cannot tell.
+Steps are to the Inception maximum of the run's own seed (tables.Targets); a run that never
+reached it counts as its length, a bound."""
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bn_repro import paper
-from bn_repro.report.runs import Run
-from bn_repro.report.tables import PAPER_ROWS, Targets, by_variant
+from bn_repro.report.runs import Run, setting_label, sortable, update_label
+from bn_repro.report.tables import (
+    INCEPTION_RECIPE,
+    PAPER_ROWS,
+    Targets,
+    at_paper_rate,
+    recipe_label,
+)
 
 BN_RECIPE = ("batchnorm", "relu", "none")  # BN-Baseline's: Inception's recipe with BN
-NO_BN_RECIPE = ("none", "relu", "none")  # Inception's
+NO_RUNS = "no runs of either side"
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,26 @@ class Verdict:
 
 
 def judge(runs: list[Run], aims: Targets) -> list[Verdict]:
-    variants = by_variant(runs)
+    """Every claim on the runs of one global batch and precision (runs.Run.setting), once per
+    such setting the runs hold, named in the claim where there are several; there, a claim is
+    judged at the settings where either side ran (once, unnamed, if at none)."""
+    settings = sorted({run.setting for run in runs}, key=sortable)
+    judged = [_judge([run for run in runs if run.setting == s], aims) for s in settings]
+    if len(judged) == 1:
+        return judged[0]
+    verdicts = []
+    for claim in zip(*judged, strict=True):  # one claim at each setting
+        ran = [
+            replace(verdict, claim=f"{verdict.claim}; at {setting_label(setting)}")
+            for setting, verdict in zip(settings, claim, strict=True)
+            if verdict.evidence != NO_RUNS
+        ]
+        verdicts += ran or [claim[0]]
+    return verdicts
+
+
+def _judge(runs: list[Run], aims: Targets) -> list[Verdict]:
+    variants = _by_variant(runs)
     by_rate = _by_recipe_and_rate(runs)
     steps = _steps(aims)
     rows = PAPER_ROWS
@@ -68,10 +94,17 @@ def judge(runs: list[Run], aims: Targets) -> list[Verdict]:
             "Without BN, 5x the rate trains no better: Inception's recipe at 1x beats 5x"
             " (Sec. 4.2.2: at 5x its parameters reached machine infinity)",
             "diverged at 5x",
-            by_rate.get((NO_BN_RECIPE, 1), []),
-            by_rate.get((NO_BN_RECIPE, 5), []),
+            by_rate.get((INCEPTION_RECIPE, 1), []),
+            by_rate.get((INCEPTION_RECIPE, 5), []),
         ),
     ]
+
+
+def _by_variant(runs: list[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in filter(at_paper_rate, runs):
+        groups.setdefault(run.name, []).append(run)
+    return groups
 
 
 def _by_recipe_and_rate(runs: list[Run]) -> dict[tuple, list[Run]]:
@@ -92,17 +125,27 @@ def _steps(aims: Targets) -> Callable[[Run], tuple[float, bool]]:
 
 
 def _fewer(claim: str, printed: str, faster: list[Run], slower: list[Run], steps) -> Verdict:
+    """Whether the first group reaches its target in fewer steps. A run that never reached it
+    took more than its length: a side with such runs holds a bound, not a number."""
     if not faster or not slower:
-        return Verdict(claim, printed, "cannot tell", "the runs of both sides are needed")
+        return Verdict(claim, printed, "cannot tell", _absent(faster, slower))
+    if pooled := _pooled(faster, slower):
+        return Verdict(claim, printed, "cannot tell", pooled)
     mine, theirs = [steps(r) for r in faster], [steps(r) for r in slower]
     missed = sum(not reached for _, reached in mine)
-    evidence = f"{_describe([s for s, _ in mine])} vs {_describe([s for s, _ in theirs])} steps"
+    unreached = sum(not reached for _, reached in theirs)
+    if missed and unreached:
+        evidence = f"{missed} of {len(mine)} and {unreached} of {len(theirs)} never reached it"
+        return Verdict(claim, printed, "cannot tell", evidence)
     if missed:
         return Verdict(claim, printed, "does not hold", f"{missed} of {len(mine)} never reached it")
-    unreached = sum(not reached for _, reached in theirs)
+    evidence = f"{_describe([s for s, _ in mine])} vs {_describe([s for s, _ in theirs])} steps"
+    verdict = _compare([s for s, _ in mine], [s for s, _ in theirs])
     if unreached:
         evidence += f" ({unreached} of the latter never reached it: their lengths count)"
-    return Verdict(claim, printed, _compare([s for s, _ in mine], [s for s, _ in theirs]), evidence)
+        # the latter's steps are lower bounds: more steps there could still put them behind
+        verdict = "cannot tell" if verdict == "does not hold" else verdict
+    return Verdict(claim, printed, verdict, evidence)
 
 
 def _higher(claim: str, printed: str, better: list[Run], worse: list[Run]) -> Verdict:
@@ -111,10 +154,27 @@ def _higher(claim: str, printed: str, better: list[Run], worse: list[Run]) -> Ve
     mine = [r.best["top1"] for r in better if r.best]
     theirs = [r.best["top1"] for r in worse if r.best]
     if not mine or not theirs:
-        return Verdict(claim, printed, "cannot tell", "the runs of both sides are needed")
+        return Verdict(claim, printed, "cannot tell", _absent(mine, theirs))
+    if pooled := _pooled(better, worse):
+        return Verdict(claim, printed, "cannot tell", pooled)
     evidence = f"max top-1 {_describe(mine, percent=True)} vs {_describe(theirs, percent=True)}"
     verdict = _compare([-value for value in mine], [-value for value in theirs])
     return Verdict(claim, printed, verdict, evidence)
+
+
+def _absent(*sides: list) -> str:
+    return "the runs of both sides are needed" if any(sides) else NO_RUNS
+
+
+def _pooled(*sides: list[Run]) -> str | None:
+    """Why a side of a claim is not one group of runs (the same recipe and update), if it is
+    not: its runs are judged apart or not at all."""
+    for side in sides:
+        kinds = sorted({(r.recipe, r.update) for r in side}, key=lambda k: (k[0], sortable(k[1])))
+        if len(kinds) > 1:
+            listed = " and ".join(f"{recipe_label(r)} at {update_label(u)}" for r, u in kinds)
+            return f"a side holds runs of {listed}: report them apart"
+    return None
 
 
 def _compare(lower: list[float], higher: list[float]) -> str:

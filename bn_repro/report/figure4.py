@@ -3,6 +3,7 @@ crop, 144 crops and ensembles, top-1 and top-5 error with the evaluation's metho
 paper's rows."""
 
 import csv
+import logging
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -13,7 +14,23 @@ from bn_repro.evaluate import records as evaluations
 from bn_repro.report.runs import Run
 from bn_repro.report.tables import ORDER, Stat
 
+log = logging.getLogger(__name__)
+
 PAPER_ROWS = {row.model: row for row in paper.FIGURE_4}
+# What the table reads of each record of `bn-repro evaluate` and of each of its members.
+RECORD_KEYS = (
+    "id",
+    "time",
+    "checkpoint",
+    "crops",
+    "crop_size",
+    "data",
+    "members",
+    "top1",
+    "top5",
+    "count",
+)
+MEMBER_KEYS = ("run", "name", "bn_stats")
 # Which of the paper's rows a reproduced one stands beside: (several crops, ensemble) -> Fig. 4's
 # row (its multicrop rows have 144; a row of fewer says so in its crops and scales).
 PAPER_MATCH = {
@@ -57,15 +74,46 @@ class Row:
 
 def read_records(runs: list[Run]) -> list[dict]:
     """Every evaluation of the runs once: an ensemble's record is in each member's file. One
-    command's records share an id: its members, crops and ensemble tell them apart."""
+    command's records share an id: its members, crops and ensemble tell them apart. A record
+    the table cannot read is skipped with a line that names it."""
     seen, found = set(), []
     for run in runs:
-        for record in evaluations.read(run.path):
+        for number, record in enumerate(evaluations.read(run.path), start=1):
+            why = unreadable(record)
+            if why:
+                log.warning("%s, record %d: skipped: %s", run.path / evaluations.FILE, number, why)
+                continue
             key = (record["id"], tuple(m["run"] for m in record["members"]), record["crops"])
             if key not in seen:
                 seen.add(key)
                 found.append(record)
     return found
+
+
+def unreadable(record) -> str | None:
+    """What keeps an evaluation record out of the table, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    lacking = [key for key in RECORD_KEYS if key not in record]
+    members = record.get("members")
+    if lacking:
+        return f"it lacks {', '.join(lacking)}"
+    if not all(_number(record[key]) for key in ("top1", "top5", "count")):
+        return "its top1, top5 or count is not a number"
+    if not isinstance(members, list) or not members:
+        return "its members are not a list of runs"
+    for member in members:
+        if not isinstance(member, dict):
+            return "a member is not a JSON object"
+        population = member.get("bn_stats") == "population"
+        needs = MEMBER_KEYS + (("population_batches",) if population else ())
+        if any(key not in member for key in needs):
+            return f"a member lacks one of {', '.join(needs)}"
+    return None
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def figure4(found: list[dict]) -> list[Row]:

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from bn_repro import paper
 from bn_repro.report.claims import Verdict
-from bn_repro.report.runs import Run
+from bn_repro.report.runs import Run, setting_label, sortable
 from bn_repro.report.tables import LrPoint, Reach, Row, Stat, Targets, recipe_label
 
 COLUMNS = (
     "variant",
+    "global_batch",
+    "bn_batch",
+    "precision",
     "runs",
     "steps_to_target",
     "steps_to_target_spread",
@@ -27,7 +30,6 @@ COLUMNS = (
     "final_top1",
     "final_top1_spread",
     "final_top5",
-    "bn_batch_per_rank",
     "status",
     "paper_steps_to_target",
     "paper_max_top1",
@@ -57,7 +59,7 @@ def _data(runs: list[Run]) -> str:
     classes = runs[0].summary.get("num_classes")
     chance = f"; chance is 1/{classes} = {100 / classes:.1f}%" if classes else ""
     return (
-        f"Data: {runs[0].summary['data']}; each evaluation counts"
+        f"Data: {runs[0].data_set}; each evaluation counts"
         f" {' or '.join(f'{c:,}' for c in counts) or 'no'} validation images{chance}."
     )
 
@@ -68,14 +70,25 @@ def _targets(aims: Targets) -> list[str]:
         if aims.fixed is not None
         else "none: this data set has no target of its own (ILSVRC2012's is 72.2%)"
     )
-    maxima = ", ".join(f"seed {s}: {100 * v:.2f}%" for s, v in sorted(aims.inception_max.items()))
-    own = (
-        f"Fig. 3's definition applied to these runs: each run is timed to the maximum top-1 of"
-        f" the Inception run of its seed ({maxima}; a seed without one: their mean,"
-        f" {100 * aims.mean_inception_max:.2f}%)"
-        if aims.inception_max
-        else "none: these runs hold no evaluated Inception run at the paper's rate"
-    )
+    maxima = {}  # by global batch and precision
+    for (*setting, seed), value in sorted(aims.inception_max.items(), key=lambda i: sortable(i[0])):
+        maxima.setdefault(tuple(setting), []).append(f"seed {seed}: {100 * value:.2f}%")
+    own = "none: these runs hold no evaluated Inception run at the paper's rate"
+    timed = "Fig. 3's definition applied to these runs: each run is timed to the maximum top-1"
+    mean = f"{100 * (aims.mean_inception_max or 0):.2f}%"
+    if len(maxima) == 1:
+        (seeds,) = maxima.values()
+        own = f"{timed} of the Inception run of its seed ({', '.join(seeds)}; a seed without"
+        own += f" one: their mean, {mean})"
+    elif maxima:
+        listed = "; ".join(
+            f"{setting_label(key)}: {', '.join(seeds)}" for key, seeds in maxima.items()
+        )
+        own = (
+            f"{timed} of the Inception run of its seed at its global batch and precision"
+            f" ({listed}); a seed without one there: the mean of those there, or with none"
+            f" there, the mean of all, {mean}"
+        )
     return [f"- Fixed target: {fixed}.", f"- Inception's maximum: {own}."]
 
 
@@ -86,8 +99,13 @@ def figure3(rows: list[Row], aims: Targets, runs: list[Run], verdicts: list[Verd
         "",
         _data(runs),
         "",
+        "A row is one variant at one update: its global batch (images per optimizer step), BN",
+        "batch (the images BN normalizes over; - without BN) and precision (bf16 autocast or",
+        "fp32; unknown where a run's summary.json predates the field).",
+        "",
         "Steps are paper steps (32 images): mean ± sample standard deviation over the runs that",
-        "reached the target (reached/runs), and the speed-up over Inception's mean.",
+        "reached the target (reached/runs), and the speed-up over the mean of Inception's row of",
+        "the same global batch and precision.",
         *_targets(aims),
         "",
         "Accuracy: *max top-1* is the best evaluation with BN's running averages during",
@@ -99,32 +117,37 @@ def figure3(rows: list[Row], aims: Targets, runs: list[Run], verdicts: list[Verd
         "| variant |"
         + (" steps to fixed target | speed-up |" if fixed else "")
         + " steps to Inception's max | speed-up | max top-1 | top-5 there | final top-1"
-        " | status | paper: steps | paper: max |",
-        "| --- " * (9 + 2 * fixed) + "|",
+        " | global batch | BN batch | precision | status | paper: steps | paper: max |",
+        "| --- " * (12 + 2 * fixed) + "|",
     ]
-    marked = False
     for r in rows:
-        mark = " †" if r.batch_per_rank else ""
-        marked = marked or bool(mark)
         to_fixed = (
             f" {_steps(r.to_target)} | {_number(r.to_target.speedup, 1)} |" if r.to_target else ""
         )
         never = r.paper_max_top1 and r.paper_steps is None
         lines.append(
-            f"| {r.variant}{mark} |{to_fixed} {_steps(r.to_inception_max)}"
-            f" | {_number(r.to_inception_max.speedup, 1)} | {_percent(r.max_top1)}"
-            f" | {_percent(r.top5_at_max)} | {_percent(r.final_top1)} | {r.status}"
+            f"| {r.variant}{'' if r.papers_bn_batch else ' †'} |{to_fixed}"
+            f" {_steps(r.to_inception_max)} | {_number(r.to_inception_max.speedup, 1)}"
+            f" | {_percent(r.max_top1)} | {_percent(r.top5_at_max)} | {_percent(r.final_top1)}"
+            f" | {_update((r.global_batch, r.bn_batch, r.precision))} | {r.status}"
             f" | {'never' if never else _number(r.paper_steps)}"
             f" | {_number(r.paper_max_top1 and 100 * r.paper_max_top1, 1)} |"
         )
-    if marked:
+    if not all(r.papers_bn_batch for r in rows):
         lines += [
             "",
             f"† BN normalizes over another batch than the paper's {paper.BATCH_SIZE} images per"
-            " rank (trainer.batch_per_rank): "
-            + "; ".join(f"{r.variant}: {r.batch_per_rank}" for r in rows if r.batch_per_rank),
+            " rank (Sec. 4.2: each replica's batch): the BN batch column.",
         ]
     return "\n".join(lines + ["", *_claims(verdicts)]) + "\n"
+
+
+def _update(update: tuple) -> str:
+    """Global batch, BN batch and precision as table cells: - without BN, unknown if not
+    recorded."""
+    global_batch, bn_batch, precision = update
+    known = ["unknown" if value is None else str(value) for value in (global_batch, precision)]
+    return f"{known[0]} | {'-' if bn_batch is None else bn_batch} | {known[1]}"
 
 
 def _claims(verdicts: list[Verdict]) -> list[str]:
@@ -151,6 +174,9 @@ def write_csv(path: Path, rows: list[Row]) -> None:
             writer.writerow(
                 [
                     r.variant,
+                    r.global_batch,
+                    r.bn_batch,
+                    r.precision,
                     r.runs,
                     *_reach_columns(r.to_target),
                     *_reach_columns(r.to_inception_max),
@@ -160,7 +186,6 @@ def write_csv(path: Path, rows: list[Row]) -> None:
                     final and final.mean,
                     final and final.spread,
                     r.final_top5 and r.final_top5.mean,
-                    " ".join(map(str, r.batch_per_rank)),
                     r.status,
                     r.paper_steps,
                     r.paper_max_top1,
@@ -180,19 +205,21 @@ def lr_multipliers(points: list[LrPoint], aims: Targets) -> str:
         "# Learning-rate multipliers",
         "",
         "Each recipe (normalization, nonlinearity, Sec. 4.2.1's changes) at the multipliers it was",
-        "trained with: runs that differ in nothing but the rate. Multipliers of Inception's",
-        f"{paper.BASE_LR}; steps to the Inception maximum of each run's seed (figure3.md).",
+        "trained with at one update (global batch, BN batch, precision): runs that differ in",
+        f"nothing but the rate. Multipliers of Inception's {paper.BASE_LR}; steps to the",
+        "Inception maximum of each run's seed at its global batch and precision (figure3.md).",
         "",
-        "| recipe | multiplier | runs | diverged | steps to Inception's max | max top-1 |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| recipe | multiplier | runs | diverged | steps to Inception's max | max top-1"
+        " | global batch | BN batch | precision |",
+        "| --- " * 9 + "|",
     ]
     for p in points:
         lines.append(
             f"| {recipe_label(p.recipe)} | {p.lr_multiplier:g} | {p.runs} | {p.diverged}"
-            f" | {_steps(p.to_inception_max)} | {_percent(p.max_top1)} |"
+            f" | {_steps(p.to_inception_max)} | {_percent(p.max_top1)} | {_update(p.update)} |"
         )
     if not points:
-        lines.append("| no recipe was trained at two multipliers | | | | | |")
+        lines.append("| no recipe was trained at two multipliers at one update" + " | -" * 8 + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -208,8 +235,9 @@ def readme(runs: list[Run], paths: list[Path], verdicts: list[Verdict]) -> str:
         "",
         "## The runs",
         "",
-        "| run | variant | seed | lr x | BN batch | status | paper steps | code | hardware |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run | variant | seed | lr x | global batch | BN batch | precision | status"
+        " | paper steps | code | hardware |",
+        "| --- " * 11 + "|",
     ]
     for run in runs:
         start = _last_start(run.path)
@@ -219,7 +247,7 @@ def readme(runs: list[Run], paths: list[Path], verdicts: list[Verdict]) -> str:
         s = run.summary
         lines.append(
             f"| {run.path} | {run.name} | {s['seed']} | {s['lr_multiplier']:g}"
-            f" | {s['batch_per_rank']} | {run.status} | {s.get('paper_steps', 0):,.0f} | {code}"
+            f" | {_update(run.update)} | {run.status} | {s.get('paper_steps', 0):,.0f} | {code}"
             f" | {hardware} |"
         )
     versions = _last_start(runs[0].path).get("versions", {})

@@ -22,7 +22,7 @@ from bn_repro.errors import UserError, explain_os_error
 from bn_repro.hparams import effective_hparams, recipe
 from bn_repro.models import build_model
 from bn_repro.models.inception import probe_blocks
-from bn_repro.schema import ConfigError, Norm, Precision, RunConfig
+from bn_repro.schema import ConfigError, DataKind, Norm, Precision, RunConfig
 from bn_repro.train import checkpoint, lock
 from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.environment import record_start
@@ -121,7 +121,7 @@ def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Traine
         records,
         run_dir,
         checkpoint_extra={"config": resolved, "global_batch": hp.global_batch},
-        identity=identity(cfg),
+        identity=identity(cfg, compute),
         stop_signal=stop_signal,
         probe=build_probe(cfg, model, data, compute) if dist.is_main else None,
     )
@@ -178,7 +178,14 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataPar
         )
 
 
-def identity(cfg: RunConfig) -> dict:
+def identity(cfg: RunConfig, compute: Compute) -> dict:
+    # a synthetic set is drawn from the run's seed (data/synthetic.py)
+    made = {
+        "seed": cfg.seed,
+        "image_size": cfg.data.image_size,
+        "num_classes": cfg.data.num_classes,
+    }
+    synthetic = vars(cfg.data.synthetic) | made if cfg.data.kind is DataKind.synthetic else None
     return {
         "name": cfg.name,
         "seed": cfg.seed,
@@ -189,6 +196,9 @@ def identity(cfg: RunConfig) -> dict:
         "batch_per_rank": cfg.trainer.batch_per_rank,
         "data": cfg.data.root or cfg.data.kind.value,
         "num_classes": cfg.data.num_classes,
+        "synthetic": synthetic,
+        "bn_batch": cfg.trainer.batch_per_rank,  # the images BN normalizes over
+        "precision": "fp32" if compute.autocast_dtype is None else "bf16",  # as it trained
     }
 
 
