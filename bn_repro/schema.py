@@ -83,6 +83,12 @@ class Device(Enum):
     cuda = "cuda"
 
 
+class Backend(Enum):
+    auto = "auto"  # NCCL on GPUs, gloo on CPU
+    nccl = "nccl"
+    gloo = "gloo"  # on GPUs too: several ranks sharing one GPU, which NCCL refuses
+
+
 class Precision(Enum):
     auto = "auto"  # bf16 autocast on CUDA, fp32 on CPU
     fp32 = "fp32"
@@ -207,6 +213,7 @@ class TrainerConfig:
     probe_images: int = non_negative()
     probe_channel: int = non_negative()
     device: Device = MISSING
+    backend: Backend = Backend.auto  # torch.distributed's
     precision: Precision = MISSING
     channels_last: bool | None = MISSING
     compile: str | None = one_of(COMPILE_MODES, "a torch.compile mode", "no compile")

@@ -87,6 +87,12 @@ def on_small_set(root: Path) -> list[str]:
     ]
 
 
+def first_visible_gpu(environ: dict) -> str:
+    """The first GPU a process with this environment sees, as CUDA_VISIBLE_DEVICES names it (an
+    index or a UUID): where a test run was given GPU 3, its child processes must use GPU 3."""
+    return environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+
+
 # The environment of a submitit task: rank 3 of 4, two nodes, local rank 1.
 SUBMITIT_TASK = {
     "SUBMITIT_EXECUTOR": "slurm",

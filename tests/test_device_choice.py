@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from bn_repro.schema import ConfigError, Device
-from bn_repro.train.distributed import launch_env, pick_device
-from tests.helpers import SUBMITIT_TASK
+from bn_repro.schema import Backend, ConfigError, Device
+from bn_repro.train.distributed import launch_env, pick_backend, pick_device
+from tests.helpers import SUBMITIT_TASK, first_visible_gpu
 
 TORCHRUN = {  # rank 11 of 16: the fourth process on the second node
     "RANK": "11",
@@ -70,3 +70,30 @@ def test_more_processes_than_visible_gpus_are_refused_with_what_to_do():
     # two GPUs visible to each task but four tasks a node: cuda:2 would not exist
     with pytest.raises(ConfigError, match="local rank 2 but this process sees 2 GPUs.*one GPU"):
         device_of(SRUN, visible=2)
+
+
+@pytest.mark.parametrize(
+    "choice, device, backend",
+    [
+        (Backend.auto, "cuda", "nccl"),
+        (Backend.auto, "cpu", "gloo"),
+        (Backend.gloo, "cuda", "gloo"),  # two ranks on one GPU, which NCCL refuses
+        (Backend.nccl, "cuda", "nccl"),
+    ],
+)
+def test_the_backend_is_nccl_on_gpus_unless_gloo_is_asked_for(choice, device, backend):
+    assert pick_backend(choice, torch.device(device)) == backend
+
+
+def test_nccl_without_a_gpu_is_refused():
+    with pytest.raises(ConfigError, match="trainer.backend=nccl runs on GPUs, and this rank has"):
+        pick_backend(Backend.nccl, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "visible, first",
+    [(None, "0"), ("3", "3"), ("2,5", "2"), ("GPU-8a1c,GPU-77f0", "GPU-8a1c")],
+)
+def test_a_test_process_takes_the_first_gpu_its_parent_was_given(visible, first):
+    environ = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert first_visible_gpu(environ) == first

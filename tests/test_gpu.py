@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from bn_repro.compose import experiments
 from bn_repro.data import build_data
 from bn_repro.data.augment import MEAN, STD
 from bn_repro.data.make_mini import MiniSpec
+from bn_repro.data.synthetic import SyntheticData
 from bn_repro.hparams import effective_hparams
 from bn_repro.models import build_model
-from bn_repro.models.population_stats import batchnorms
+from bn_repro.models.population_stats import batchnorms, recompute_population_stats
 from bn_repro.schema import DaliDecode, DaliDevice, DataFormat, DataLoaderKind, Device
 from bn_repro.train.checkpoint import load_latest
 from bn_repro.train.distributed import Dist, all_reduce, distributed
@@ -27,7 +29,7 @@ from bn_repro.train.loop import loss_of
 from bn_repro.train.main import pick_compute
 from bn_repro.train.optim import build_optimizer
 from bn_repro.train.records import read_metrics
-from tests.helpers import BIN, prepared_set, run_config
+from tests.helpers import BIN, first_visible_gpu, prepared_set, run_config
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda", 0)
@@ -212,7 +214,7 @@ def test_a_task_bound_to_one_gpu_takes_cuda_0():
         "SLURM_JOB_ID": "7",
         "SLURM_STEP_NODELIST": "gpu01",
         "MASTER_ADDR": "127.0.0.1",
-        "CUDA_VISIBLE_DEVICES": "0",
+        "CUDA_VISIBLE_DEVICES": first_visible_gpu(os.environ),
     }
     script = (
         "import os, torch;"
@@ -287,3 +289,101 @@ def test_deterministic_training_on_cuda_is_refused_without_a_traceback(prepared_
     assert result.returncode == 2
     assert "bn-repro train: trainer.deterministic=true on cuda:0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_synthetic_batches_are_taken_on_the_gpu_without_a_copy_from_the_host():
+    # "the model alone": after the epoch's order reached the GPU, a batch is a slice taken there
+    cfg = run_config("bn_x5", "data=synthetic", "data.synthetic.train_size=64").data
+    data = SyntheticData(cfg, 0, 0, 1, 8, CUDA)
+    epoch = data.train_epoch(0)
+    next(epoch)
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        batches = [images.sum() for images, _ in epoch]
+        torch.cuda.synchronize()
+    assert len(batches) == 7
+    copies = [event.name for event in profiler.events() if "HtoD" in event.name]
+    assert copies == []
+
+
+def test_dali_gpu_batches_are_the_same_whether_or_not_the_host_waits_for_each(photos):
+    # DALI's iterator hands out memory of its own: a release not ordered with torch's stream
+    # would let the next batch overwrite one still queued for a kernel. Each batch's checksum
+    # is queued behind a slow kernel, with and without a wait after each batch.
+    cfg = photo_cfg(photos, format=DataFormat.shards)
+    square = torch.randn(4096, 4096, device=CUDA)
+    product = torch.empty_like(square)
+
+    def checksums(wait: bool) -> list[int]:
+        data, sums = build_data(cfg, 0, 0, 1, 8, 0), []
+        for epoch in range(9):  # 12 batches an epoch: about 100
+            for images, labels in data.train_epoch(epoch):
+                for _ in range(4):  # time on the stream before the checksum runs
+                    torch.mm(square, square, out=product)
+                sums.append(images.sum(dtype=torch.int64) * 1000 + labels.sum())
+                if wait:
+                    torch.cuda.synchronize()
+        return [int(s) for s in sums]
+
+    unordered, waited = checksums(wait=False), checksums(wait=True)
+    assert len(waited) == 108 and unordered == waited
+
+
+def test_algorithm_2_never_waits_for_the_host():
+    torch.manual_seed(0)
+    model = build_model(run_config("bn_x5", "model.aux_heads=true").model, 10, 64).to(CUDA)
+    batches = [torch.randn(8, 3, 64, 64, device=CUDA) for _ in range(3)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # raises at any call that waits for the GPU
+    try:
+        used = recompute_population_stats(model, iter(batches), num_batches=3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert used == 3
+    assert all(bn.num_batches_tracked.item() == 3 for bn in batchnorms(model))
+
+
+TWO_RANKS_ON_ONE_GPU = """
+import os, torch
+from torch import nn
+from bn_repro.schema import Backend, Device
+from bn_repro.train.distributed import average_bn_statistics, distributed
+
+with distributed(Device.cuda, Backend.gloo) as dist:
+    bn = nn.BatchNorm2d(3).to(dist.device)
+    bn.running_mean.fill_(dist.rank + 1.0)  # 1 and 2: averaged, 1.5
+    average_bn_statistics(bn, dist.world_size)
+    print(dist.device, bn.running_mean.tolist())
+"""
+
+
+def test_two_ranks_share_one_gpu_over_gloo_and_average_their_bn_statistics(tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(TWO_RANKS_ON_ONE_GPU)
+    result = run([BIN / "torchrun", "--standalone", "--nproc_per_node=2", script])
+    assert result.stdout.split("\n").count("cuda:0 [1.5, 1.5, 1.5]") == 2, result.stdout
+
+
+def test_two_ranks_on_one_gpu_train_evaluate_checkpoint_and_resume(prepared_small, tmp_path):
+    run_dir = tmp_path / "run"
+    launch = [BIN / "torchrun", "--standalone", "--nproc_per_node=2", "--no-python"]
+    two = ["trainer.device=cuda", "trainer.backend=gloo", "trainer.batch_per_rank=16"]
+    run([*launch, *train_command(prepared_small, run_dir, *two, "trainer.max_paper_steps=2")])
+    saved = load_latest(run_dir)
+    assert saved["progress"]["step"] == 2 and len(saved["loader"]) == 2
+    resumed = run(
+        [*launch, *train_command(prepared_small, run_dir, *two, "trainer.max_paper_steps=4")]
+    )
+    assert "resumed at optimizer step 2" in resumed.stderr
+    records = read_metrics(run_dir)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["count"] for r in evals] == [30] * len(evals)  # every image once over the ranks
+    assert [r["paper_steps"] for r in evals if r["bn_stats"] == "running"] == [1, 2, 3, 4]
+    assert evals[-1]["bn_stats"] == "population"
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # each step once, in order
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["world_size"], summary["global_batch"]) == (
+        "finished",
+        2,
+        32,
+    )

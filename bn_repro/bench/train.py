@@ -77,7 +77,7 @@ def run(cfg: RunConfig, bench: TrainBench) -> dict | None:
     flops = training_flops(cfg)
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = dataclasses.replace(cfg, run_dir=run_dir)
-        with distributed(cfg.trainer.device) as dist:
+        with distributed(cfg.trainer.device, cfg.trainer.backend) as dist:
             trainer, progress = build_trainer(cfg, dist, stop_signal=[])
             measured = _measure(trainer, progress, bench)
     if not dist.is_main:

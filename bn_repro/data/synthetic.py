@@ -62,13 +62,15 @@ class SyntheticData:
         return len(self.val_labels)
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        # the epoch's order goes to the device once: a batch is a slice of it there, no copy
         order = epoch_order(len(self.train_labels), self.seed, epoch, self.thorough, stored=False)
+        order = order.to(self.device)
         for chosen in train_batches(order, self.rank, self.world_size, self.batch, start_batch):
             yield self._take(self.train_images, self.train_labels, chosen)
 
     def val_batches(self) -> Iterator[Batch]:
         for chosen in val_batches(self.val_size, self.rank, self.world_size, self.val_batch):
-            yield self._take(self.val_images, self.val_labels, chosen)
+            yield self._take(self.val_images, self.val_labels, chosen.to(self.device))
 
     def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
         raise ConfigError(
@@ -77,7 +79,6 @@ class SyntheticData:
         )
 
     def _take(self, images: torch.Tensor, labels: torch.Tensor, chosen: torch.Tensor) -> Batch:
-        chosen = chosen.to(self.device, non_blocking=True)  # no wait: a host index, copied
         return images.index_select(0, chosen), labels.index_select(0, chosen)
 
     def state(self) -> None:

@@ -77,7 +77,7 @@ def evaluate(run_dirs: list[Path], options: Options) -> list[dict]:
     members = [load_member(run_dir, options.checkpoint, options.settings) for run_dir in run_dirs]
     check_same_data(members)
     cfg = _eval_cfg(members[0].cfg, options)
-    with distributed(cfg.trainer.device) as dist:
+    with distributed(cfg.trainer.device, cfg.trainer.backend) as dist:
         _setup_logging(dist.rank)
         compute = pick_compute(cfg, dist)
         models = [_model(member, compute) for member in members]

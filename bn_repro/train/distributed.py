@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bn_repro.schema import ConfigError, Device
+from bn_repro.schema import Backend, ConfigError, Device
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,16 @@ def pick_device(choice: Device, local_rank: int, visible: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def pick_backend(choice: Backend, device: torch.device) -> str:
+    if choice is Backend.nccl and device.type != "cuda":
+        raise ConfigError(f"trainer.backend=nccl runs on GPUs, and this rank has {device}: use auto")
+    if choice is Backend.auto:
+        return "nccl" if device.type == "cuda" else "gloo"
+    return choice.value
+
+
 @contextmanager
-def distributed(choice: Device) -> Iterator[Dist]:
+def distributed(choice: Device, backend: Backend = Backend.auto) -> Iterator[Dist]:
     env = launch_env(os.environ)
     device = pick_device(choice, env.local_rank, torch.cuda.device_count())
     os.environ.update(
@@ -121,7 +129,7 @@ def distributed(choice: Device) -> Iterator[Dist]:
     )
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = pick_backend(backend, device)
     # Every group gets its own key prefix in the one store of the process: a Hydra sweep run
     # under torchrun or srun sets up one group per job, and destroy_process_group restarts
     # torch's own group numbering, so without the prefix the third job finds the first job's

@@ -43,7 +43,7 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
     """Train one run to its end, resuming from run_dir if it holds checkpoints, or until a signal
     arrives in stop_signal (stop_on_signals fills it); the summary."""
     run_dir = Path(cfg.run_dir)
-    with distributed(cfg.trainer.device) as dist, owning(run_dir, dist):
+    with distributed(cfg.trainer.device, cfg.trainer.backend) as dist, owning(run_dir, dist):
         setup_logging(run_dir, dist.rank)
         trainer, progress = build_trainer(cfg, dist, stop_signal)
         log.info(
