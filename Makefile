@@ -2,16 +2,40 @@
 # and skipped when pyproject.toml has not changed since the last install.
 VENV := .venv
 BIN := $(VENV)/bin
+PYTHON ?= python3
 
-.PHONY: setup demo test bench-loader bench-train bench-decoder gpu-check
+.PHONY: setup wheels demo test bench-loader bench-train bench-decoder gpu-check
+
+# Where the interpreter already holds torch (an NGC or a site's container), the environment sees
+# its packages and pip installs only what is missing, torch's CUDA build left as it is. WHEELS=DIR:
+# install from a folder of wheels (make wheels) with no index, for a node without internet.
+HAS_TORCH = $(shell $(PYTHON) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' && echo yes)
+FROM_WHEELS = $(if $(WHEELS),--no-index --find-links $(abspath $(WHEELS)))
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@echo "Setting up $(VENV): torch, DALI, Hydra, ... (a few GB; a minute or two)"
-	python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(PYTHON) -m venv $(if $(HAS_TORCH),--system-site-packages) $(VENV)
+	$(BIN)/pip install --quiet $(FROM_WHEELS) -e '.[dev]'
+	@$(BIN)/python -c 'import torch; print(f"bn-repro uses torch {torch.__version__} (CUDA {torch.version.cuda}) from {torch.__path__[0]}")'
 	touch $@
+
+# make wheels WHEELS=DIR: every wheel `make setup` installs, downloaded on a machine with access,
+# for WHEEL_PYTHON (default: this interpreter's version) on WHEEL_PLATFORM; SKIP="torch
+# torchvision" leaves out what the compute node's environment already has.
+WHEEL_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+WHEEL_PLATFORM ?= manylinux_2_28_x86_64
+SKIP ?=
+
+wheels:
+	@test -n "$(WHEELS)" || { echo "make wheels WHEELS=DIR: say where the wheels go"; exit 2; }
+	$(PYTHON) scripts/requirements.py --skip "$(SKIP)" > $(WHEELS).requirements.txt
+	$(PYTHON) -m pip download --dest $(WHEELS) --only-binary=:all: \
+		--python-version $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) \
+		--platform manylinux2014_x86_64 --platform linux_x86_64 --platform any \
+		-r $(WHEELS).requirements.txt
+	@echo "Wheels in $(WHEELS); on the node: make setup WHEELS=$(WHEELS)"
 
 # The generated benchmark, in ILSVRC2012's archive formats, then prepared as the real set is.
 MINI := data/mini
@@ -112,6 +136,6 @@ test: setup
 # bn_x5 (synthetic and GPU DALI), bench loader on the GPU and a short CUDA run resumed, and
 # prints one table. Records: results/bench/*-<gpu>*.json; logs: runs/gpu-check/<gpu>/.
 gpu-check: setup
-	$(BIN)/bn-repro bench gpu-check --preflight
+	$(BIN)/python scripts/gpu_check.py --preflight
 	$(MAKE) --no-print-directory $(BENCH)/prepared/manifest.json $(MINI)/prepared/manifest.json
-	$(BIN)/bn-repro bench gpu-check --root $(BENCH)/prepared --mini-root $(MINI)/prepared
+	$(BIN)/python scripts/gpu_check.py --root $(BENCH)/prepared --mini-root $(MINI)/prepared

@@ -1,20 +1,28 @@
-"""`bn-repro bench gpu-check` (make gpu-check), on the CPU: it stops at once where there is no
-GPU, says which DALI or torch build a driver needs, and tabulates what its steps measured."""
+"""scripts/gpu_check.py (make gpu-check), on the CPU: it stops at once where there is no GPU,
+says which DALI or torch build a driver needs, gives every step its time and tabulates what its
+steps measured, a step it did not run as a failure."""
 
 import argparse
 import subprocess
+import sys
+from pathlib import Path
 
 from bn_repro.bench.commands import add_bench
-from bn_repro.bench.gpu_check import (
+from scripts.gpu_check import (
+    BUDGET_S,
     Driver,
+    Step,
     machine_problems,
     parse_nvidia_smi,
     plan,
     record_numbers,
+    run_steps,
     step_row,
     table,
 )
 from tests.helpers import BIN
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
 
 H100_CUDA_12 = Driver(["NVIDIA H100 80GB HBM3"], "550.54.15", "12.4")
 H200_CUDA_13 = Driver(["NVIDIA H200"], "580.65.06", "13.0")
@@ -22,11 +30,9 @@ PINNED_DALI = ["nvidia-dali-cuda130"]
 
 
 def test_without_a_gpu_it_stops_at_once_saying_so(tmp_path):
-    result = subprocess.run(
-        [BIN / "bn-repro", "bench", "gpu-check"], cwd=tmp_path, capture_output=True, text=True
-    )
+    result = subprocess.run([BIN / "python", SCRIPT], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("bn-repro bench: torch ")  # sees no GPU, or cannot run it
+    assert result.stderr.startswith("gpu-check: torch ")  # sees no GPU, or cannot run it
     assert list(tmp_path.iterdir()) == []  # no data, no runs, no records
 
 
@@ -104,3 +110,31 @@ def test_its_bench_steps_are_command_lines_bench_accepts(tmp_path):
         "data.photometric=reduced",
         "data.workers=16",
     ]
+
+
+def test_the_steps_shares_fit_the_budget_of_8_minutes(tmp_path):
+    steps = plan("nvidia-h200", tmp_path / "bench", tmp_path / "mini", 16, tmp_path / "run")
+    assert abs(sum(step.share for step in steps) - 1) < 1e-9
+    assert BUDGET_S <= 8 * 60
+
+
+def test_a_slow_step_cannot_starve_the_ones_after_it(tmp_path):
+    python = sys.executable
+    steps = [
+        Step("slow", [python, "-c", "import time; time.sleep(30)"], 0.5),
+        Step("quick", [python, "-c", "print('done')"], 0.5),
+    ]
+    slow, quick = run_steps(steps, 4, tmp_path)
+    assert slow["status"] == "timeout" and slow["seconds"] <= 3
+    assert (quick["status"], quick["note"]) == ("pass", "done")
+
+
+def test_a_step_that_did_not_run_is_a_failure(tmp_path):
+    steps = [
+        Step("train", [sys.executable, "-c", "raise SystemExit(1)"], 0.5),
+        Step("resume", [sys.executable, "-c", "pass"], 0.5, after="train"),
+    ]
+    rows = run_steps(steps, 20, tmp_path)
+    assert [row["status"] for row in rows] == ["fail (exit 1)", "skipped"]
+    assert table(rows).endswith("2 of 2 steps failed.")
+    assert table([step_row("resume", "skipped", 0, "")]).endswith("1 of 1 steps failed.")

@@ -1,6 +1,6 @@
 """`bn-repro bench loader`, `bench train` and `bench cost`: their arguments, and the records they
-write and read under results/bench/ (`bench gpu-check`: gpu_check.py). What a benchmark runs is
-imported when it runs, so that `bn-repro --help` does not wait for torch and DALI."""
+write and read under results/bench/. What a benchmark runs is imported when it runs, so that
+`bn-repro --help` does not wait for torch and DALI."""
 
 import argparse
 import os
@@ -9,7 +9,6 @@ import statistics
 from pathlib import Path
 
 from bn_repro import paper
-from bn_repro.bench.gpu_check import add_bench_gpu_check
 from bn_repro.schema import ConfigError, DataConfig
 
 RESULTS = Path("results/bench")
@@ -26,7 +25,6 @@ def add_bench(commands) -> None:
     add_bench_loader(benches)
     add_bench_train(benches)
     add_bench_cost(benches)
-    add_bench_gpu_check(benches)
 
 
 def add_bench_loader(benches) -> None:
