@@ -175,6 +175,9 @@ class SyntheticConfig:
     train_size: int = positive()
     val_size: int = positive()  # evaluation divides by it
     noise: float = non_negative()
+    # The images' own seed: a data set of its own, the same for every run seed (which draws the
+    # order and the network), as a prepared set is.
+    seed: int = 0
 
 
 @dataclass

@@ -4,9 +4,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from bn_repro.compose import compose, to_object
+from bn_repro.data import Share
 from bn_repro.data.make_mini import MiniSpec, make_mini
 from bn_repro.data.prepare import PrepareOptions, prepare
 from bn_repro.models import build_model
@@ -29,6 +31,20 @@ TINY = [
     "trainer.population_batches=4",
     "trainer.deterministic=true",
 ]
+
+
+def share(
+    batch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    gpu: int | None = None,
+    val_batch: int | None = None,
+) -> Share:
+    """A rank's share of the data: `batch` images a step (and an evaluation batch, unless
+    val_batch), on the CPU or the GPU numbered gpu."""
+    device = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
+    return Share(rank, world_size, batch, val_batch or batch, seed, device)
 
 
 def run_config(experiment: str, *overrides: str) -> RunConfig:

@@ -9,9 +9,11 @@ from torch import nn
 from bn_repro.compose import experiments
 from bn_repro.data.augment import MEAN, STD
 from bn_repro.hparams import effective_hparams
-from bn_repro.schema import ConfigError
-from bn_repro.train.distributed import Dist
-from bn_repro.train.main import fused_optimizer, pick_compute
+from bn_repro.models import build_model
+from bn_repro.schema import ConfigError, Device
+from bn_repro.train.build import wrap_ddp
+from bn_repro.train.compute import fused_optimizer, pick_compute
+from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.optim import build_optimizer
 from tests.helpers import model_of, run_config
 
@@ -105,3 +107,18 @@ def test_deterministic_training_on_cuda_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="deterministic=true on cuda:0: torch has no determ"):
         pick_compute(run_config("bn_x5", "trainer.deterministic=true"), cuda)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.slow
+def test_the_network_compiles_as_one_graph_but_for_ddps_own_breaks():
+    # torch.compile over DDP's wrapper: DDPOptimizer splits the graph where its gradient buckets
+    # end (intentional breaks); the network itself must add none, or every step would return to
+    # Python between the graphs (dynamo's trace only: the CPU cannot afford inductor's build)
+    cfg = run_config("bn_x5", "data=synthetic", "data.image_size=32", "trainer.probe_images=0")
+    with distributed(Device.cpu) as dist:
+        model = build_model(cfg.model, 1000, 32)
+        ddp = wrap_ddp(model, dist.device)
+        explained = torch._dynamo.explain(ddp)(torch.randn(8, 3, 32, 32))
+    reasons = [str(b.reason) for b in explained.break_reasons]
+    assert reasons and all("DDPOptimizer intentional graph-break" in r for r in reasons)
+    assert explained.graph_count == len(reasons) + 1

@@ -25,6 +25,7 @@ from tests.helpers import (
     kill_after_first_checkpoint,
     on_small_set,
     run_config,
+    share,
 )
 
 FORMATS = list(DataFormat)
@@ -47,7 +48,7 @@ def test_ranks_get_equal_training_batches_and_validation_exactly_once(root, data
     cfg = data_cfg(root, format=data_format)
     seen, batches, sizes = Counter(), [], Counter()
     for rank in range(4):  # 30 validation images over 4 ranks: 8, 8, 7, 7
-        data = build_data(cfg, 0, rank, 4, 4, None, val_batch=val_batch)
+        data = build_data(cfg, share(4, rank=rank, world_size=4, val_batch=val_batch))
         for _, labels in data.val_batches():
             seen.update(labels.tolist())
             sizes[len(labels)] += 1
@@ -62,12 +63,12 @@ def test_ranks_get_equal_training_batches_and_validation_exactly_once(root, data
 @pytest.mark.parametrize("data_format", FORMATS)
 def test_a_restored_pipeline_continues_mid_epoch_exactly(root, data_format):
     cfg = data_cfg(root, format=data_format)
-    data = build_data(cfg, 0, 0, 1, 8, None)
+    data = build_data(cfg, share(8))
     epoch = data.train_epoch(0)
     first = [next(epoch) for _ in range(5)]
     state = data.state()
     rest = list(epoch)
-    restored = list(build_data(cfg, 0, 0, 1, 8, None, state).train_epoch(0, start_batch=5))
+    restored = list(build_data(cfg, share(8), state).train_epoch(0, start_batch=5))
     assert len(first) + len(rest) == 18 and len(restored) == len(rest)
     for (x, y), (x2, y2) in zip(rest, restored, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)
@@ -78,15 +79,15 @@ def test_a_state_of_another_pipeline_is_not_restored_but_its_batches_skipped(roo
     cfg = data_cfg(root)
     # A checkpoint of other operators, as a run that began on a GPU (mixed decoding) records:
     # DALI refuses it ("The checkpoint might come from another pipeline").
-    other = build_data(dataclasses.replace(cfg, dali_decode=DaliDecode.full), 0, 0, 1, 8, None)
+    other = build_data(dataclasses.replace(cfg, dali_decode=DaliDecode.full), share(8))
     epoch = other.train_epoch(0)
     for _ in range(5):
         next(epoch)
     state = other.state()
     assert state["pipeline"] == "dali-cpu"
-    resumed = build_data(cfg, 0, 0, 1, 8, None, {**state, "pipeline": "dali-gpu"})
+    resumed = build_data(cfg, share(8), {**state, "pipeline": "dali-gpu"})
     assert "loader state is dali-gpu's and this run reads with dali-cpu" in caplog.text
-    fresh = build_data(cfg, 0, 0, 1, 8, None)  # no state: the first five batches read, skipped
+    fresh = build_data(cfg, share(8))  # no state: the first five batches read, skipped
     for (x, y), (x2, y2) in zip(
         resumed.train_epoch(0, start_batch=5), fresh.train_epoch(0, start_batch=5), strict=True
     ):
@@ -95,13 +96,13 @@ def test_a_state_of_another_pipeline_is_not_restored_but_its_batches_skipped(roo
 
 def test_a_cpu_pipeline_pins_its_batches_only_for_a_gpu_trainer(root):
     # pinned host memory needs CUDA: the batches themselves are checked by the gpu tests
-    assert build_data(data_cfg(root), 0, 0, 1, 8, cuda_device=0).pin_memory
-    assert not build_data(data_cfg(root), 0, 0, 1, 8, cuda_device=None).pin_memory
+    assert build_data(data_cfg(root), share(8, gpu=0)).pin_memory
+    assert not build_data(data_cfg(root), share(8)).pin_memory
 
 
 @pytest.mark.parametrize("decode", list(DaliDecode))
 def test_both_decode_modes_give_training_batches(root, decode):
-    data = build_data(data_cfg(root, dali_decode=decode, prefetch=3), 0, 0, 1, 8, None)
+    data = build_data(data_cfg(root, dali_decode=decode, prefetch=3), share(8))
     images, labels = next(data.train_epoch(0))
     assert images.shape == (8, 32, 32, 3) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and set(labels.tolist()) <= set(range(6))
@@ -109,21 +110,16 @@ def test_both_decode_modes_give_training_batches(root, decode):
 
 
 def test_the_file_reader_reshuffles_every_epoch(root):
-    data = build_data(data_cfg(root, format=DataFormat.folder), 0, 0, 1, 8, None)
+    data = build_data(data_cfg(root, format=DataFormat.folder), share(8))
     epochs = [[y.tolist() for _, y in data.train_epoch(e)] for e in (0, 1)]
     assert epochs[0] != epochs[1]
     assert len({label for batch in epochs[0][:3] for label in batch}) >= 4  # mixed classes
 
 
 def test_validation_pixels_match_the_torchvision_loader(root):
-    dali = build_data(data_cfg(root, format=DataFormat.folder), 0, 0, 1, 30, None)
+    dali = build_data(data_cfg(root, format=DataFormat.folder), share(30))
     torch_data = build_data(
-        data_cfg(root, loader=DataLoaderKind.torch, format=DataFormat.folder, workers=0),
-        0,
-        0,
-        1,
-        30,
-        None,
+        data_cfg(root, loader=DataLoaderKind.torch, format=DataFormat.folder, workers=0), share(30)
     )
     (ours, labels), (theirs, their_labels) = (
         next(dali.val_batches()),

@@ -2,7 +2,8 @@
 
 import os
 
-from bn_repro.train.distributed import launch_env
+from bn_repro.schema import Device
+from bn_repro.train.distributed import distributed, launch_env
 from tests.helpers import SUBMITIT_TASK
 
 
@@ -55,3 +56,15 @@ def test_submitit_tasks_take_their_rank_from_submitit(monkeypatch):
     assert env.launcher == "submitit"
     # the port follows from the job id, so the ranks of a requeued job meet again
     assert launch_env(os.environ).master_port == env.master_port
+
+
+def test_a_run_leaves_the_process_as_it_found_it(monkeypatch):
+    # a second run in the same process (a test, a notebook) is a plain process again, not rank
+    # 0 of a torchrun, and a launcher's own variables come back
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "gpu07")
+    with distributed(Device.cpu) as first:
+        assert os.environ["WORLD_SIZE"] == "1"
+    assert "RANK" not in os.environ and os.environ["MASTER_ADDR"] == "gpu07"
+    assert launch_env(os.environ).launcher == first.launcher == "single"

@@ -10,7 +10,7 @@ import torch
 from bn_repro.data import build_data
 from bn_repro.data.fixed import fixed_train_batch
 from bn_repro.schema import ConfigError
-from tests.helpers import TINY, run_config
+from tests.helpers import TINY, run_config, share
 
 
 def mini_cfg(root: Path):
@@ -44,7 +44,7 @@ def test_the_batch_is_fixed_by_the_seed_and_draws_no_random_number(
 
 def test_synthetic_data_gives_its_own_training_images():
     cfg = run_config("bn_x5", *TINY).data
-    data = build_data(cfg, 0, 0, 1, 8, None)
+    data = build_data(cfg, share(8))
     images, labels = fixed_train_batch(cfg, data, seed=0, count=5)
     for image, label in zip(images, labels, strict=True):
         match = (data.train_images == image).flatten(1).all(1).nonzero().flatten()

@@ -24,12 +24,12 @@ from bn_repro.models import build_model
 from bn_repro.models.population_stats import batchnorms, recompute_population_stats
 from bn_repro.schema import DaliDecode, DaliDevice, DataFormat, DataLoaderKind, Device
 from bn_repro.train.checkpoint import load_latest
+from bn_repro.train.compute import pick_compute
 from bn_repro.train.distributed import Dist, all_reduce, distributed
 from bn_repro.train.loop import loss_of
-from bn_repro.train.main import pick_compute
 from bn_repro.train.optim import build_optimizer
 from bn_repro.train.records import read_metrics
-from tests.helpers import BIN, first_visible_gpu, prepared_set, run_config
+from tests.helpers import BIN, first_visible_gpu, prepared_set, run_config, share
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda", 0)
@@ -121,7 +121,7 @@ def test_a_pinned_host_batch_reaches_the_gpu_on_the_copy_stream_without_a_host_w
 
 
 def test_a_cpu_dali_pipeline_feeding_the_gpu_pins_its_batches(photos):
-    data = build_data(photo_cfg(photos, dali_device=DaliDevice.cpu), 0, 0, 1, 16, 0)
+    data = build_data(photo_cfg(photos, dali_device=DaliDevice.cpu), share(16, gpu=0))
     images, labels = next(data.train_epoch(0))
     assert not images.is_cuda and images.is_pinned() and labels.is_pinned()
     val_images, val_labels = next(data.val_batches())
@@ -134,7 +134,7 @@ def test_gpu_dali_batches_in_every_format_and_decode_mode_and_validation_once(
     photos, data_format, decode
 ):
     cfg = photo_cfg(photos, format=data_format, dali_decode=decode)
-    data = build_data(cfg, 0, 0, 1, 16, 0)
+    data = build_data(cfg, share(16, gpu=0))
     images, labels = next(data.train_epoch(0))
     assert images.device == labels.device == CUDA
     assert images.shape == (16, 224, 224, 3) and images.dtype == torch.uint8
@@ -142,7 +142,9 @@ def test_gpu_dali_batches_in_every_format_and_decode_mode_and_validation_once(
     assert images.float().std() > 10  # pixels, not a blank
     seen = Counter()
     for rank in range(2):  # two ranks' pipelines on the one GPU: 36 images, 18 each
-        for _, rank_labels in build_data(cfg, 0, rank, 2, 16, 0).val_batches():
+        for _, rank_labels in build_data(
+            cfg, share(16, rank=rank, world_size=2, gpu=0)
+        ).val_batches():
             seen.update(rank_labels.tolist())
     assert seen == {c: PHOTOS.val_per_class for c in range(PHOTOS.classes)}
 
@@ -155,9 +157,9 @@ def test_gpu_validation_pixels_match_the_torchvision_loader(photos):
     # bounds below allow for that: not yet measured on a GPU.
     count = PHOTOS.classes * PHOTOS.val_per_class
     cfg = photo_cfg(photos, format=DataFormat.folder)
-    dali = build_data(cfg, 0, 0, 1, count, 0)
+    dali = build_data(cfg, share(count, gpu=0))
     torchvision = build_data(
-        dataclasses.replace(cfg, loader=DataLoaderKind.torch, workers=0), 0, 0, 1, count, None
+        dataclasses.replace(cfg, loader=DataLoaderKind.torch, workers=0), share(count)
     )
     (ours, labels), (theirs, their_labels) = (
         next(dali.val_batches()),
@@ -175,14 +177,14 @@ def test_gpu_validation_pixels_match_the_torchvision_loader(photos):
 
 def test_a_restored_gpu_pipeline_continues_mid_epoch_exactly(photos):
     cfg = photo_cfg(photos, format=DataFormat.shards)
-    data = build_data(cfg, 0, 0, 1, 16, 0)
+    data = build_data(cfg, share(16, gpu=0))
     epoch = data.train_epoch(0)
     for _ in range(2):
         next(epoch)
     state = data.state()
     assert state["pipeline"] == "dali-gpu"
     rest = [(x.cpu(), y.cpu()) for x, y in epoch]
-    restored = build_data(cfg, 0, 0, 1, 16, 0, state).train_epoch(0, start_batch=2)
+    restored = build_data(cfg, share(16, gpu=0), state).train_epoch(0, start_batch=2)
     again = [(x.cpu(), y.cpu()) for x, y in restored]
     assert len(rest) == len(again) == 96 // 16 - 2
     for (x, y), (x2, y2) in zip(rest, again, strict=True):
@@ -294,7 +296,7 @@ def test_deterministic_training_on_cuda_is_refused_without_a_traceback(prepared_
 def test_synthetic_batches_are_taken_on_the_gpu_without_a_copy_from_the_host():
     # "the model alone": after the epoch's order reached the GPU, a batch is a slice taken there
     cfg = run_config("bn_x5", "data=synthetic", "data.synthetic.train_size=64").data
-    data = SyntheticData(cfg, 0, 0, 1, 8, CUDA)
+    data = SyntheticData(cfg, share(8, gpu=0))
     epoch = data.train_epoch(0)
     next(epoch)
     with profile(activities=[ProfilerActivity.CUDA]) as profiler:
@@ -314,7 +316,7 @@ def test_dali_gpu_batches_are_the_same_whether_or_not_the_host_waits_for_each(ph
     product = torch.empty_like(square)
 
     def checksums(wait: bool) -> list[int]:
-        data, sums = build_data(cfg, 0, 0, 1, 8, 0), []
+        data, sums = build_data(cfg, share(8, gpu=0)), []
         for epoch in range(9):  # 12 batches an epoch: about 100
             for images, labels in data.train_epoch(epoch):
                 for _ in range(4):  # time on the stream before the checksum runs
@@ -387,3 +389,25 @@ def test_two_ranks_on_one_gpu_train_evaluate_checkpoint_and_resume(prepared_smal
         2,
         32,
     )
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_a_compiled_run_crosses_evaluations_a_checkpoint_and_an_epoch_without_recompiling(
+    prepared_small, tmp_path, mode
+):
+    # data=mini's 144 training images are 4 steps of 32 an epoch: 6 steps cross its end, each
+    # with an evaluation and a checkpoint; Algorithm 2 and evaluations run the model uncompiled
+    run_dir = tmp_path / "run"
+    command = train_command(
+        prepared_small, run_dir, f"trainer.compile={mode}", "trainer.max_paper_steps=6"
+    )
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "TORCH_LOGS": "recompiles"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Recompiling function" not in result.stderr, result.stderr[-3000:]
+    records = read_metrics(run_dir)
+    (compiled,) = [r for r in records if r["kind"] == "compile"]
+    assert compiled["mode"] == mode and compiled["step"] == 1 and compiled["first_step_s"] > 0
+    assert max(r["epoch"] for r in records if r["kind"] == "eval") == 1
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"

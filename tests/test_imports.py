@@ -121,3 +121,62 @@ def test_only_the_command_line_and_the_report_import_the_figure1_package():
 )
 def test_every_form_of_import_into_the_figure1_package_is_seen(module, code, names):
     assert figure1_imports(ast.parse(code), module) == names
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of bn_repro (a package as its __init__) and the modules of bn_repro it
+    imports, at the top or inside a function."""
+    modules = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+    def resolved(name: str) -> str | None:
+        return next((m for m in (name, f"{name}.__init__") if m in modules), None)
+
+    return {
+        module: {
+            found
+            for name in imported(ast.parse(path.read_text()), module)
+            if (found := resolved(name)) not in (None, module)
+        }
+        for module, path in modules.items()
+    }
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles a depth-first walk meets, each from a module back to itself."""
+    state, path, found = {}, [], []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        path.append(module)
+        for other in sorted(graph[module]):
+            if state.get(other) == "open":
+                found.append([*path[path.index(other) :], other])
+            elif other not in state:
+                visit(other)
+        path.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    return found
+
+
+def test_no_module_imports_back_up():
+    # each concern in its module, imported downwards only (a type-only import counts too)
+    assert [" -> ".join(cycle) for cycle in cycles(import_graph())] == []
+
+
+def test_a_cycle_is_found_however_long():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}
+    assert cycles(graph) == [["a", "b", "c", "a"]]
+
+
+def test_only_the_command_line_imports_the_training_entry_point():
+    # the builders live in train/build.py and train/run.py: train/main.py holds the entry alone
+    importers = {m for m, names in import_graph().items() if "bn_repro.train.main" in names}
+    assert importers == {"bn_repro.cli"}

@@ -35,9 +35,9 @@ from bn_repro.data.multicrop import (
 from bn_repro.data.prepared import read_manifest
 from bn_repro.evaluate.predict import ensemble, multi_crop
 from bn_repro.schema import DataFormat
+from bn_repro.train.compute import Compute
 from bn_repro.train.evaluation import Tally
-from bn_repro.train.loop import Compute
-from tests.helpers import model_of, prepared_set, run_config
+from tests.helpers import model_of, prepared_set, run_config, share
 
 CPU = Compute(torch.device("cpu"), None, False)
 
@@ -184,11 +184,11 @@ def data_cfg(root: Path, **changes):
 
 @pytest.mark.parametrize("data_format", list(DataFormat))
 def test_both_loaders_cut_the_same_pixels(landscape, data_format):
-    dali = build_data(data_cfg(landscape, format=data_format.value), 0, 0, 1, 4, None)
+    dali = build_data(data_cfg(landscape, format=data_format.value), share(4))
     fallback = data_cfg(landscape, format=data_format.value, loader="torch", workers=0)
     batches = [
         list(dali.multicrop_batches(4, CROPS)),
-        list(build_data(fallback, 0, 0, 1, 4, None).multicrop_batches(4, CROPS)),
+        list(build_data(fallback, share(4)).multicrop_batches(4, CROPS)),
     ]
     assert [len(y) for _, y in batches[0]] == [4, 2]
     for (ours, labels), (theirs, their_labels) in zip(*batches, strict=True):
@@ -204,7 +204,7 @@ def test_dalis_own_operators_cut_the_same_squares(landscape):
     cfg = data_cfg(landscape, format="folder")
     source = dali_source(landscape, read_manifest(landscape), DataFormat.folder, "val")
     options = _pipeline_options(cfg, 6, None)
-    pipe = multicrop_pipeline(cfg, source, 0, 1, False, 0, CROPS, True, seed=0, **options)
+    pipe = multicrop_pipeline(cfg, source, share(6), False, CROPS, True, seed=0, **options)
 
     names = [f"part{k}" for k in range(5)]
     outputs = next(
@@ -217,9 +217,7 @@ def test_dalis_own_operators_cut_the_same_squares(landscape):
             )
         )
     )[0]
-    fallback = build_data(
-        data_cfg(landscape, format="folder", loader="torch", workers=0), 0, 0, 1, 6, None
-    )
+    fallback = build_data(data_cfg(landscape, format="folder", loader="torch", workers=0), share(6))
     ((theirs, _),) = list(fallback.multicrop_batches(6, CROPS))
     for name, yours in zip(names, theirs, strict=True):
         difference = (outputs[name].int() - yours.int()).abs().float()
@@ -229,12 +227,10 @@ def test_dalis_own_operators_cut_the_same_squares(landscape):
 @pytest.mark.gpu  # skipped with the reason where torch sees no GPU (conftest.py)
 def test_dali_on_the_gpu_cuts_the_fallbacks_squares(landscape):
     # nvJPEG and DALI's GPU resize against libjpeg-turbo and augment.resize: close, not equal.
-    gpu = build_data(data_cfg(landscape, format="folder", dali_device="gpu"), 0, 0, 1, 6, 0)
+    gpu = build_data(data_cfg(landscape, format="folder", dali_device="gpu"), share(6, gpu=0))
     ((ours, labels),) = list(gpu.multicrop_batches(6, CROPS))
     fallback = data_cfg(landscape, format="folder", loader="torch", workers=0)
-    ((theirs, their_labels),) = list(
-        build_data(fallback, 0, 0, 1, 6, None).multicrop_batches(6, CROPS)
-    )
+    ((theirs, their_labels),) = list(build_data(fallback, share(6)).multicrop_batches(6, CROPS))
     assert labels.is_cuda and labels.tolist() == their_labels.tolist()
     for mine, yours in zip(ours, theirs, strict=True):
         assert mine.is_cuda
@@ -262,7 +258,7 @@ def test_the_gpu_decodes_validation_at_any_crops_as_libjpeg_does(landscape, monk
     options = _pipeline_options(cfg, 4, None)
     with pytest.raises(Decoded):
         if crops == 1:
-            val_pipeline(cfg, val, 0, 1, True, 0, **options)
+            val_pipeline(cfg, val, share(4), True, **options)
         else:
-            multicrop_pipeline(cfg, val, 0, 1, True, 0, crops, True, **options)
+            multicrop_pipeline(cfg, val, share(4), True, crops, True, **options)
     assert seen[0]["device"] == "mixed" and seen[0]["jpeg_fancy_upsampling"] is True

@@ -12,8 +12,8 @@ from bn_repro.report import ReportError, write_report
 from bn_repro.report.figures import figure2
 from bn_repro.report.runs import find_runs
 from bn_repro.report.tables import targets
-from bn_repro.train.loop import Compute
-from bn_repro.train.main import identity
+from bn_repro.train.build import describe_run
+from bn_repro.train.compute import Compute
 from tests.helpers import TINY, run_config
 from tests.test_report import assert_tables_are_rectangular, record
 
@@ -202,14 +202,14 @@ def test_two_synthetic_sets_are_two_data_sets(tmp_path):
     assert str(root / "c") in str(error.value)
     (root / "c" / "summary.json").unlink()
     record(root, "d", "bn_x5", 1, [(100, 0.3)], data="synthetic", synthetic=synthetic(seed=1))
-    with pytest.raises(ReportError, match="drawn from its run's seed") as error:
+    with pytest.raises(ReportError, match="trained on 2 data sets") as error:
         write_report([root], tmp_path / "out")
     assert str(root / "d") in str(error.value)
 
 
 def test_the_trainer_records_the_update_and_the_synthetic_set_in_the_summary():
     cpu = Compute(torch.device("cpu"), None, channels_last=False)
-    summary = identity(run_config("bn_x5", *TINY), cpu)
+    summary = describe_run(run_config("bn_x5", *TINY, "seed=3"), cpu)
     assert (summary["bn_batch"], summary["precision"]) == (8, "fp32")
     assert summary["synthetic"] == {
         "train_size": 256,
@@ -220,5 +220,5 @@ def test_the_trainer_records_the_update_and_the_synthetic_set_in_the_summary():
         "num_classes": 10,
     }
     bf16 = Compute(torch.device("cpu"), torch.bfloat16, channels_last=False)
-    summary = identity(run_config("bn_x5", "seed=3"), bf16)
+    summary = describe_run(run_config("bn_x5", "seed=3"), bf16)
     assert (summary["bn_batch"], summary["precision"], summary["synthetic"]) == (32, "bf16", None)

@@ -10,7 +10,7 @@ import pytest
 from bn_repro.data import build_data
 from bn_repro.data.make_mini import MiniSpec
 from bn_repro.schema import DataFormat, DataLoaderKind, Shuffle
-from tests.helpers import prepared_set, run_config
+from tests.helpers import prepared_set, run_config, share
 
 CLASSES = 48  # of one training image each: a batch's labels name its images
 BATCH = 8
@@ -45,13 +45,13 @@ def test_pairs_meet_again_in_the_next_epoch_only_without_thorough_shuffling(
         f"data.format={data_format.value}",
         f"data.shuffle={shuffle.value}",
     ).data
-    data = build_data(cfg, 0, 0, 1, BATCH, None)
+    data = build_data(cfg, share(BATCH))
     first, second = ([labels.tolist() for _, labels in data.train_epoch(e)] for e in (0, 1))
     assert len(first) == len(second) == CLASSES // BATCH
     assert len({label for labels in first for label in labels}) == CLASSES  # each image once
     met, again = batch_pairs(first), batch_pairs(second)
-    share = len(met & again) / len(met)
+    kept = len(met & again) / len(met)
     if shuffle is Shuffle.standard:
-        assert share == 1  # all 168 pairs meet again
+        assert kept == 1  # all 168 pairs meet again
     else:
-        assert share < 0.5  # by chance about 7/47 of them
+        assert kept < 0.5  # by chance about 7/47 of them

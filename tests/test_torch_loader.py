@@ -13,7 +13,7 @@ import torch
 from bn_repro.data import build_data
 from bn_repro.data.prepared import open_prepared
 from bn_repro.schema import ConfigError, DataFormat, DataLoaderKind
-from tests.helpers import on_small_set, run_config
+from tests.helpers import on_small_set, run_config, share
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ def epoch(source, number=0, start=0):
 @pytest.mark.parametrize("data_format", list(DataFormat))
 def test_two_ranks_read_the_batches_of_one_process_pixel_for_pixel(root, data_format):
     cfg = data_cfg(root, workers=0, format=data_format)
-    one = epoch(build_data(cfg, 0, 0, 1, 8, None))
-    halves = [epoch(build_data(cfg, 0, r, 2, 4, None)) for r in (0, 1)]
+    one = epoch(build_data(cfg, share(8)))
+    halves = [epoch(build_data(cfg, share(4, rank=r, world_size=2))) for r in (0, 1)]
     assert len(one) == len(halves[0]) == len(halves[1]) == 144 // 8
     for (x, y), (x0, y0), (x1, y1) in zip(one, *halves, strict=True):
         torch.testing.assert_close(x, torch.cat([x0, x1]))
@@ -50,8 +50,8 @@ def test_two_ranks_read_the_batches_of_one_process_pixel_for_pixel(root, data_fo
 
 
 def test_augmentation_is_the_same_with_any_number_of_workers_and_after_a_resume(root):
-    in_process = epoch(build_data(data_cfg(root, workers=0), 0, 0, 1, 8, None), 2)
-    workers = build_data(data_cfg(root, workers=2), 0, 0, 1, 8, None)
+    in_process = epoch(build_data(data_cfg(root, workers=0), share(8)), 2)
+    workers = build_data(data_cfg(root, workers=2), share(8))
     for (x, _), (y, _) in zip(in_process, epoch(workers, 2), strict=True):
         torch.testing.assert_close(x, y)
     for (x, _), (y, _) in zip(in_process[3:], epoch(workers, 2, start=3), strict=True):
@@ -65,7 +65,7 @@ def test_validation_reads_every_image_once_over_ranks(root, data_format):
     cfg = data_cfg(root, workers=0, format=data_format)
     seen = Counter()
     for rank in range(4):
-        for _, labels in build_data(cfg, 0, rank, 4, 2, None).val_batches():
+        for _, labels in build_data(cfg, share(2, rank=rank, world_size=4)).val_batches():
             seen.update(labels.tolist())
     assert seen == {c: 5 for c in range(6)}
 
@@ -76,14 +76,14 @@ def test_a_missing_root_a_wrong_class_count_or_too_few_images_says_what_to_do(
 ):
     # both loaders open data.root through prepared.open_prepared, before any reader starts
     with pytest.raises(ConfigError, match="has no manifest.json: prepare it with"):
-        build_data(data_cfg(tmp_path, loader=loader), 0, 0, 1, 8, None)
+        build_data(data_cfg(tmp_path, loader=loader), share(8))
     with pytest.raises(ConfigError, match="set data.num_classes=6"):
-        build_data(data_cfg(root, loader=loader, num_classes=100), 0, 0, 1, 8, None)
+        build_data(data_cfg(root, loader=loader, num_classes=100), share(8))
     with pytest.raises(ConfigError, match="data.root is not set"):
-        build_data(data_cfg(root, loader=loader, root=None), 0, 0, 1, 8, None)
+        build_data(data_cfg(root, loader=loader, root=None), share(8))
     # 144 training images, and 2 ranks of 80 a global batch of 160
     with pytest.raises(ConfigError, match="fewer training images than one global batch of 160"):
-        build_data(data_cfg(root, loader=loader), 0, 0, 2, 80, None)
+        build_data(data_cfg(root, loader=loader), share(80, world_size=2))
 
 
 def test_a_prepared_set_opens_with_its_manifests_split_sizes(root):

@@ -15,9 +15,10 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from bn_repro.data import build_data
+from bn_repro.data import Share, build_data
 from bn_repro.data.augment import MEAN, STD
 from bn_repro.data.prepared import open_prepared
+from bn_repro.data.sharding import CPU
 from bn_repro.schema import ConfigError, DaliDevice, DataConfig, DataLoaderKind
 
 
@@ -103,9 +104,17 @@ def _classic(bench: LoaderBench) -> Iterator:
     return itertools.chain.from_iterable(itertools.repeat(loader))
 
 
+def _share(bench: LoaderBench) -> Share:
+    """One process's data, seed 0, on the benchmark's device."""
+    device = CPU if bench.cuda_device is None else torch.device("cuda", bench.cuda_device)
+    return Share(
+        rank=0, world_size=1, batch=bench.batch, val_batch=bench.batch, seed=0, device=device
+    )
+
+
 def _ours(bench: LoaderBench, loader: DataLoaderKind) -> Iterator:
     config = dataclasses.replace(bench.data, loader=loader)
-    data = build_data(config, 0, 0, 1, bench.batch, bench.cuda_device)
+    data = build_data(config, _share(bench))
     return itertools.chain.from_iterable(data.train_epoch(epoch) for epoch in itertools.count())
 
 
@@ -115,7 +124,7 @@ def _dali_bare(bench: LoaderBench) -> Iterator:
     config = bench.data
     prepared = open_prepared(config, 1, bench.batch)
     source = dali_source(prepared.root, prepared.manifest, config.format, "train")
-    pipe = dali_train_pipeline(config, source, 0, 0, 1, bench.batch, bench.cuda_device)
+    pipe = dali_train_pipeline(config, source, _share(bench), bench.cuda_device)
     pipe.build()
     while True:
         images, labels = pipe.run()

@@ -1,5 +1,5 @@
 """`bn-repro bench train`: training images/s per GPU of the trainer's own step (build_trainer,
-Trainer.stepper: the objects and code a run trains with) over a fixed number of steps after a
+bench/stepper.py: the objects and code a run trains with) over a fixed number of steps after a
 warm-up, with the share of time spent waiting for data, peak GPU memory, the host
 synchronizations inside a step and the model FLOP utilization (MFU)."""
 
@@ -14,13 +14,16 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bn_repro.bench.device import dense_bf16_peak
+from bn_repro.bench.stepper import Stepper
 from bn_repro.data.prepared import read_manifest
 from bn_repro.models import build_model
 from bn_repro.models.summary import training_multiply_adds
 from bn_repro.schema import RunConfig
+from bn_repro.train.build import build_trainer
+from bn_repro.train.compute import resolved_switches
 from bn_repro.train.distributed import distributed
-from bn_repro.train.loop import Progress, Stepper, Trainer
-from bn_repro.train.main import build_trainer, resolved_switches
+from bn_repro.train.loop import Trainer
+from bn_repro.train.plan import Progress
 
 IMAGENET_CLASSES = 1000  # synthetic data gets ImageNet's classifier, as the paper's networks
 SYNTHETIC_BATCHES = 4  # distinct global batches of synthetic images, kept on the GPU
@@ -107,7 +110,7 @@ def run(cfg: RunConfig, bench: TrainBench) -> dict | None:
 def _measure(trainer: Trainer, progress: Progress, bench: TrainBench) -> dict:
     device = trainer.compute.device
     cuda = device.type == "cuda"
-    stepper = trainer.stepper(progress)
+    stepper = Stepper(trainer, progress)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     stepper.advance(bench.warmup)

@@ -5,8 +5,7 @@ torchvision (torch_loader.py), each behind the DataSource interface the trainer 
 from collections.abc import Iterator
 from typing import Protocol
 
-import torch
-
+from bn_repro.data.sharding import Share
 from bn_repro.data.synthetic import Batch, SyntheticData
 from bn_repro.data.torch_loader import TorchData
 from bn_repro.schema import ConfigError, DaliDevice, DataConfig, DataKind, DataLoaderKind
@@ -33,38 +32,23 @@ class DataSource(Protocol):
         """The reader's position and random state beyond (epoch, batch), for checkpoints."""
 
 
-def build_data(
-    cfg: DataConfig,
-    seed: int,
-    rank: int,
-    world_size: int,
-    batch: int,
-    cuda_device: int | None,
-    state: dict | None = None,
-    val_batch: int | None = None,
-) -> DataSource:
-    """The training and validation data of this rank, `batch` images per rank and step and
-    `val_batch` per evaluation batch (None: `batch`); cuda_device is the rank's GPU when it
-    trains on one."""
+def build_data(cfg: DataConfig, share: Share, state: dict | None = None) -> DataSource:
+    """This rank's training and validation data (its share), from a loader state (a
+    checkpoint's) when given one."""
     if cfg.kind is DataKind.synthetic:
-        device = torch.device("cpu") if cuda_device is None else torch.device("cuda", cuda_device)
-        return SyntheticData(cfg, seed, rank, world_size, batch, device, val_batch)
+        return SyntheticData(cfg, share)
     if cfg.root is None:
         raise ConfigError(
             "data.root is not set: point it at the output of `bn-repro prepare`"
             " (for ILSVRC2012: bn-repro prepare --source ARCHIVES --out DIR, then data.root=DIR)"
         )
     if cfg.loader is DataLoaderKind.torch:
-        return TorchData(cfg, seed, rank, world_size, batch, cuda_device is not None, val_batch)
+        return TorchData(cfg, share)
     from bn_repro.data.dali_loader import DaliData  # DALI only when asked for
 
-    if cfg.dali_device is DaliDevice.gpu and cuda_device is None:
+    if cfg.dali_device is DaliDevice.gpu and not share.on_gpu:
         raise ConfigError(
             "data.dali_device=gpu needs training on CUDA: use dali_device=cpu or auto"
         )
-    gpu = cfg.dali_device is DaliDevice.gpu or (
-        cfg.dali_device is DaliDevice.auto and cuda_device is not None
-    )
-    device_id = cuda_device if gpu else None
-    pin = cuda_device is not None and not gpu  # a CPU pipeline feeding a GPU
-    return DaliData(cfg, seed, rank, world_size, batch, device_id, state, val_batch, pin)
+    gpu = cfg.dali_device is DaliDevice.gpu or (cfg.dali_device is DaliDevice.auto and share.on_gpu)
+    return DaliData(cfg, share, gpu, state)

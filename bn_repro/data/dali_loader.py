@@ -28,6 +28,7 @@ from bn_repro.data.augment import (
 )
 from bn_repro.data.multicrop import SQUARES, MultiCropSquares, scales
 from bn_repro.data.prepared import folder_items, open_prepared, shard_paths
+from bn_repro.data.sharding import Share
 from bn_repro.data.synthetic import Batch
 from bn_repro.schema import DaliDecode, DataConfig, DataFormat, Photometric, Shuffle
 
@@ -36,7 +37,7 @@ READER = "Reader"
 SHUFFLE_BUFFER = 4096  # samples the shard reader mixes, on top of the shards' global shuffle
 
 
-def _read(source: dict, rank: int, world_size: int, order: Shuffle | None, shuffle_seed: int):
+def _read(source: dict, share: Share, order: Shuffle | None):
     """The reader of a split: order is None for validation (in file order, each image once),
     else the training order of Sec. 4.2.1's switch: standard reads the same order every epoch
     (shards as stored, already shuffled by prepare; the file list in one seeded permutation), so
@@ -45,7 +46,9 @@ def _read(source: dict, rank: int, world_size: int, order: Shuffle | None, shuff
     # Every reader pads its shard so all ranks see as many batches; validation keeps its shard
     # (stick_to_shard) and reads in order, so PARTIAL batches cover every image exactly once.
     train, thorough = order is not None, order is Shuffle.thorough
-    common = dict(shard_id=rank, num_shards=world_size, pad_last_batch=True, name=READER)
+    common = dict(
+        shard_id=share.rank, num_shards=share.world_size, pad_last_batch=True, name=READER
+    )
     if "shards" in source:
         return fn.readers.webdataset(
             paths=source["shards"],
@@ -56,15 +59,15 @@ def _read(source: dict, rank: int, world_size: int, order: Shuffle | None, shuff
             random_shuffle=thorough,
             initial_fill=SHUFFLE_BUFFER,
             stick_to_shard=not train,
-            seed=shuffle_seed + rank,
+            seed=share.seed + share.rank,
             **common,
         )
     files, labels = source["files"], source["labels"]
     if train:  # the same seeded permutation on every rank, each reading its part
-        permutation = np.random.default_rng(shuffle_seed).permutation(len(files))
+        permutation = np.random.default_rng(share.seed).permutation(len(files))
         files, labels = [files[i] for i in permutation], [labels[i] for i in permutation]
     # thorough: a fresh global permutation every epoch, the same on every rank (the run's seed)
-    shuffle = {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": shuffle_seed}
+    shuffle = {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": share.seed}
     return fn.readers.file(
         files=files,
         labels=labels,
@@ -174,10 +177,8 @@ def resize_shorter(images, jpegs, shorter: int):
 
 
 @pipeline_def
-def train_pipeline(
-    cfg: DataConfig, source: dict, rank: int, world_size: int, gpu: bool, shuffle_seed: int
-):
-    jpegs, labels = _read(source, rank, world_size, cfg.shuffle, shuffle_seed)
+def train_pipeline(cfg: DataConfig, source: dict, share: Share, gpu: bool):
+    jpegs, labels = _read(source, share, cfg.shuffle)
     crop = dict(random_area=list(CROP_AREA), random_aspect_ratio=list(CROP_ASPECT), num_attempts=10)
     size = cfg.image_size
     if cfg.dali_decode is DaliDecode.roi:  # decode only the random crop's region, then resize it
@@ -198,10 +199,8 @@ def train_pipeline(
 
 
 @pipeline_def
-def val_pipeline(
-    cfg: DataConfig, source: dict, rank: int, world_size: int, gpu: bool, shuffle_seed: int
-):
-    jpegs, labels = _read(source, rank, world_size, None, shuffle_seed)
+def val_pipeline(cfg: DataConfig, source: dict, share: Share, gpu: bool):
+    jpegs, labels = _read(source, share, None)
     images = _val_decode(jpegs, cfg, gpu)
     images = _val_resize(images, jpegs, round(cfg.image_size / VAL_CROP_FRACTION), cfg, gpu)
     size = cfg.image_size
@@ -211,18 +210,11 @@ def val_pipeline(
 
 @pipeline_def
 def multicrop_pipeline(
-    cfg: DataConfig,
-    source: dict,
-    rank: int,
-    world_size: int,
-    gpu: bool,
-    shuffle_seed: int,
-    crops: int,
-    native: bool,
+    cfg: DataConfig, source: dict, share: Share, gpu: bool, crops: int, native: bool
 ):
     """Validation at `crops` crops: each image's squares at every scale (multicrop.py). native:
     with DALI's own slice and resize (on the GPU); else augment.resize's, as the fallback."""
-    jpegs, labels = _read(source, rank, world_size, None, shuffle_seed)
+    jpegs, labels = _read(source, share, None)
     images = _val_decode(jpegs, cfg, gpu)
     if native:
         parts = _native_squares(images, cfg, crops)
@@ -272,29 +264,20 @@ class _CpuMultiCrop:
 
 
 def dali_train_pipeline(
-    cfg: DataConfig,
-    source: dict,
-    seed: int,
-    rank: int,
-    world_size: int,
-    batch: int,
-    device_id: int | None,
-    state: str | None = None,
+    cfg: DataConfig, source: dict, share: Share, device_id: int | None, state: str | None = None
 ):
-    """The training pipeline of this rank over source (dali_source), restored from a DALI
-    checkpoint when given one."""
+    """The training pipeline of this rank over source (dali_source) on the GPU device_id (None:
+    the CPU), restored from a DALI checkpoint when given one."""
     # Augmentation draws differ per rank; the reader's permutation is the run's, shared.
     return train_pipeline(
         cfg,
         source,
-        rank,
-        world_size,
+        share,
         device_id is not None,
-        seed,
-        seed=seed * 1000 + rank,
+        seed=share.seed * 1000 + share.rank,
         enable_checkpointing=True,
         checkpoint=state,
-        **_pipeline_options(cfg, batch, device_id),
+        **_pipeline_options(cfg, share.batch, device_id),
     )
 
 
@@ -312,48 +295,34 @@ def _pipeline_options(cfg: DataConfig, batch: int, device_id: int | None) -> dic
 
 
 class DaliData:
-    def __init__(
-        self,
-        cfg: DataConfig,
-        seed: int,
-        rank: int,
-        world_size: int,
-        batch: int,
-        device_id: int | None,
-        state: dict | None = None,
-        val_batch: int | None = None,
-        pin_memory: bool = False,
-    ):
-        """device_id: the GPU the pipelines run on (None: the CPU); state: a loader state of
-        the checkpoint (state()); pin_memory: a CPU pipeline's batches pinned, for a trainer's
-        copy to its GPU."""
-        prepared = open_prepared(cfg, world_size, batch)
+    def __init__(self, cfg: DataConfig, share: Share, gpu: bool, state: dict | None = None):
+        """gpu: the pipelines run on the share's GPU (else on the CPU, their batches pinned
+        where the share trains on a GPU, for the trainer's copy); state: a loader state of the
+        checkpoint (state())."""
+        prepared = open_prepared(cfg, share.world_size, share.batch)
         self.val_size = prepared.size("val")
         train, val = (
             dali_source(prepared.root, prepared.manifest, cfg.format, split)
             for split in ("train", "val")
         )
-        self.pipeline = "dali-cpu" if device_id is None else "dali-gpu"
+        device_id = share.device.index if gpu else None
+        self.pipeline = "dali-gpu" if gpu else "dali-cpu"
         checkpoint = _restorable(state, self.pipeline)
         self.restored = checkpoint is not None
-        train_pipe = dali_train_pipeline(
-            cfg, train, seed, rank, world_size, batch, device_id, checkpoint
-        )
+        train_pipe = dali_train_pipeline(cfg, train, share, device_id, checkpoint)
         val_pipe = val_pipeline(
             cfg,
             val,
-            rank,
-            world_size,
-            device_id is not None,
-            seed,
-            seed=seed,
-            **_pipeline_options(cfg, val_batch or batch, device_id),
+            share,
+            gpu,
+            seed=share.seed,
+            **_pipeline_options(cfg, share.val_batch, device_id),
         )
         self.train = _iterator(train_pipe, ["images", "labels"], LastBatchPolicy.DROP)
         self.val = _iterator(val_pipe, ["images", "labels"], LastBatchPolicy.PARTIAL)
-        # pinned host batches let the trainer's copy stream overlap the step before (loop.Compute)
-        self.pin_memory = pin_memory
-        self.multicrop_source = (cfg, val, rank, world_size, device_id, seed)
+        # pinned host batches let the trainer's copy stream overlap the step before (Compute)
+        self.pin_memory = share.on_gpu and not gpu
+        self.multicrop_source = (cfg, val, share, device_id)
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         # A restored pipeline continues where its checkpoint left it; without a state of its
@@ -379,17 +348,16 @@ class DaliData:
         return {"pipeline": self.pipeline, "checkpoint": self.train.checkpoints()[0]}
 
     def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
-        cfg, source, rank, world_size, device_id, seed = self.multicrop_source
+        cfg, source, share, device_id = self.multicrop_source
+        gpu = device_id is not None
         pipe = multicrop_pipeline(
             cfg,
             source,
-            rank,
-            world_size,
-            device_id is not None,
-            seed,
+            share,
+            gpu,
             crops,
-            device_id is not None,  # DALI's operators on the GPU; augment.resize on the CPU
-            seed=seed,
+            gpu,  # DALI's operators on the GPU; augment.resize on the CPU
+            seed=share.seed,
             **_pipeline_options(cfg, batch, device_id),
         )
         parts = [f"part{k}" for k in range(len(scales(cfg.image_size, crops)) + 1)]

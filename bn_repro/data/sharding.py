@@ -5,7 +5,29 @@ of each, so two ranks of b images step through exactly the batches one process o
 every rank gets the same number of batches (the incomplete last global batch is dropped).
 Validation is dealt out image by image."""
 
+from dataclasses import dataclass
+
 import torch
+
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Share:
+    """A rank's share of the data, built once a run (train/build.py): which rank of how many, its
+    batches, the run's seed (its training order and augmentation draws) and the device it trains
+    on, where its batches end up. Every loader reads its part of the data from this alone."""
+
+    rank: int
+    world_size: int
+    batch: int  # training images per step
+    val_batch: int  # images per evaluation batch
+    seed: int
+    device: torch.device = CPU
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
 
 
 def epoch_order(size: int, seed: int, epoch: int, thorough: bool, stored: bool) -> torch.Tensor:

@@ -5,13 +5,18 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
-from bn_repro.data.sharding import batches_per_epoch, epoch_order, train_batches, val_batches
+from bn_repro.data.sharding import (
+    Share,
+    batches_per_epoch,
+    epoch_order,
+    train_batches,
+    val_batches,
+)
 from bn_repro.schema import ConfigError, DataConfig, Shuffle
 
 # images: uint8 (N, H, W, 3) from the loaders, normalized on the device (augment.normalize), or
 # float (N, 3, H, W) ready for the model (synthetic); labels (N,)
 Batch = tuple[torch.Tensor, torch.Tensor]
-CPU = torch.device("cpu")
 
 
 class SyntheticData:
@@ -20,25 +25,14 @@ class SyntheticData:
     They are kept on the training device, so batches cost no loading or copying: throughput
     measured on them is the model's alone."""
 
-    def __init__(
-        self,
-        cfg: DataConfig,
-        seed: int,
-        rank: int,
-        world_size: int,
-        batch: int,
-        device: torch.device = CPU,
-        val_batch: int | None = None,
-    ):
+    def __init__(self, cfg: DataConfig, share: Share):
         if cfg.synthetic is None:
             raise ConfigError(
                 "data.kind=synthetic needs a data.synthetic section: use data=synthetic"
             )
-        self.seed, self.rank, self.world_size, self.batch = seed, rank, world_size, batch
-        self.val_batch = val_batch or batch
+        self.share, self.device = share, share.device
         self.thorough = cfg.shuffle is Shuffle.thorough
-        self.device = device
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(cfg.synthetic.seed)
         size, classes = cfg.image_size, cfg.num_classes
         patterns = F.interpolate(
             torch.randn(classes, 3, 4, 4, generator=generator), size=(size, size), mode="bilinear"
@@ -47,14 +41,15 @@ class SyntheticData:
         def make(count: int) -> Batch:
             labels = torch.randint(classes, (count,), generator=generator)
             noise = torch.randn(count, 3, size, size, generator=generator)
-            return (patterns[labels] + cfg.synthetic.noise * noise).to(device), labels.to(device)
+            images = patterns[labels] + cfg.synthetic.noise * noise
+            return images.to(share.device), labels.to(share.device)
 
         self.train_images, self.train_labels = make(cfg.synthetic.train_size)
         self.val_images, self.val_labels = make(cfg.synthetic.val_size)
-        if batches_per_epoch(cfg.synthetic.train_size, world_size, batch) == 0:
+        if batches_per_epoch(cfg.synthetic.train_size, share.world_size, share.batch) == 0:
             raise ConfigError(
                 f"data.synthetic.train_size={cfg.synthetic.train_size} holds no global batch of"
-                f" {batch * world_size}: make it larger"
+                f" {share.batch * share.world_size}: make it larger"
             )
 
     @property
@@ -63,13 +58,15 @@ class SyntheticData:
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         # the epoch's order goes to the device once: a batch is a slice of it there, no copy
-        order = epoch_order(len(self.train_labels), self.seed, epoch, self.thorough, stored=False)
+        share = self.share
+        order = epoch_order(len(self.train_labels), share.seed, epoch, self.thorough, stored=False)
         order = order.to(self.device)
-        for chosen in train_batches(order, self.rank, self.world_size, self.batch, start_batch):
+        for chosen in train_batches(order, share.rank, share.world_size, share.batch, start_batch):
             yield self._take(self.train_images, self.train_labels, chosen)
 
     def val_batches(self) -> Iterator[Batch]:
-        for chosen in val_batches(self.val_size, self.rank, self.world_size, self.val_batch):
+        share = self.share
+        for chosen in val_batches(self.val_size, share.rank, share.world_size, share.val_batch):
             yield self._take(self.val_images, self.val_labels, chosen.to(self.device))
 
     def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:

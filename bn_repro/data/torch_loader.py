@@ -12,53 +12,45 @@ from torch.utils.data import DataLoader, Dataset
 from bn_repro.data.augment import train_transform, val_transform
 from bn_repro.data.multicrop import multicrop_transform
 from bn_repro.data.prepared import Item, folder_items, open_prepared, shard_items
-from bn_repro.data.sharding import epoch_order, train_batches, val_batches
+from bn_repro.data.sharding import Share, epoch_order, train_batches, val_batches
 from bn_repro.data.synthetic import Batch
 from bn_repro.schema import DataConfig, DataFormat, Shuffle
 
 
 class TorchData:
-    def __init__(
-        self,
-        cfg: DataConfig,
-        seed: int,
-        rank: int,
-        world_size: int,
-        batch: int,
-        pin_memory: bool,
-        val_batch: int | None = None,
-    ):
-        prepared = open_prepared(cfg, world_size, batch)
+    def __init__(self, cfg: DataConfig, share: Share):
+        prepared = open_prepared(cfg, share.world_size, share.batch)
         items = folder_items if cfg.format is DataFormat.folder else shard_items
         self.train, self.val = (
             items(prepared.root, prepared.manifest, split) for split in ("train", "val")
         )
-        self.seed, self.rank, self.world_size, self.batch = seed, rank, world_size, batch
+        self.share = share
         self.thorough = cfg.shuffle is Shuffle.thorough
         self.stored_shuffled = cfg.format is DataFormat.shards  # prepare shuffled them
-        self.val_batch = val_batch or batch
         self.train_transform = train_transform(cfg.image_size, cfg.photometric)
         self.val_transform = val_transform(cfg.image_size)
         self.image_size = cfg.image_size
-        self.workers, self.prefetch, self.pin_memory = cfg.workers, cfg.prefetch, pin_memory
+        self.workers, self.prefetch, self.pin_memory = cfg.workers, cfg.prefetch, share.on_gpu
 
     @property
     def val_size(self) -> int:
         return len(self.val)
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.train), self.seed, epoch, self.thorough, self.stored_shuffled)
-        batches = train_batches(order, self.rank, self.world_size, self.batch, start_batch)
+        share = self.share
+        order = epoch_order(len(self.train), share.seed, epoch, self.thorough, self.stored_shuffled)
+        batches = train_batches(order, share.rank, share.world_size, share.batch, start_batch)
         # Each image's crop, flip and distortion are drawn from its own seed: the same pixels
         # whichever worker loads it, and again after a resume.
-        return self._load(_Batches(self.train, batches, self.train_transform, (self.seed, epoch)))
+        return self._load(_Batches(self.train, batches, self.train_transform, (share.seed, epoch)))
 
     def val_batches(self) -> Iterator[Batch]:
-        batches = val_batches(len(self.val), self.rank, self.world_size, self.val_batch)
+        share = self.share
+        batches = val_batches(len(self.val), share.rank, share.world_size, share.val_batch)
         return self._load(_Batches(self.val, batches, self.val_transform, None))
 
     def multicrop_batches(self, batch: int, crops: int) -> Iterator[Batch]:
-        batches = val_batches(len(self.val), self.rank, self.world_size, batch)
+        batches = val_batches(len(self.val), self.share.rank, self.share.world_size, batch)
         transform = multicrop_transform(self.image_size, crops)
         return self._load(_Batches(self.val, batches, transform, None))
 
@@ -66,7 +58,7 @@ class TorchData:
         return None  # the position is the epoch and batch the trainer keeps
 
     def _load(self, batches: "_Batches") -> Iterator[Batch]:
-        # Pinned batches let the trainer's copy to the GPU overlap the step before (loop.Compute).
+        # Pinned batches let the trainer's copy to its GPU overlap the step before (Compute.batch).
         loader = DataLoader(
             batches,
             batch_size=None,

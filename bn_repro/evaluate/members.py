@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from bn_repro.errors import UserError
 from bn_repro.schema import DataKind, DataLoaderKind, Device, RunConfig, check
 from bn_repro.train import checkpoint
-from bn_repro.train.loop import Progress
+from bn_repro.train.plan import Progress
 
 
 class EvaluateError(UserError, ValueError):
@@ -139,7 +139,7 @@ def data_identity(cfg: RunConfig) -> dict:
     data = cfg.data
     identity = {"classes": data.num_classes, "image_size": data.image_size}
     if data.kind is DataKind.synthetic:
-        return identity | {"synthetic": dataclasses.asdict(data.synthetic), "seed": cfg.seed}
+        return identity | {"synthetic": dataclasses.asdict(data.synthetic)}
     manifest = Path(data.root or "") / "manifest.json"
     if not manifest.is_file():
         raise EvaluateError(

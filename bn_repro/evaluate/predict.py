@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from bn_repro.data.augment import normalize
 from bn_repro.data.multicrop import mean_probability, views
-from bn_repro.train.loop import Compute
+from bn_repro.train.compute import Compute
 
 
 @torch.no_grad()

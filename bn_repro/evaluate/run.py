@@ -31,10 +31,11 @@ from bn_repro.evaluate.members import (
 from bn_repro.evaluate.predict import ensemble, multi_crop, single_crop
 from bn_repro.models.population_stats import batchnorms
 from bn_repro.schema import RunConfig
+from bn_repro.train.build import build_run_data, build_run_model
+from bn_repro.train.compute import Compute, pick_compute
 from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.evaluation import Tally, population_bn
-from bn_repro.train.loop import Compute, train_stream
-from bn_repro.train.main import build_run_data, build_run_model, pick_compute
+from bn_repro.train.loop import train_stream
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,7 @@ def write_report(paths: list[Path], out: Path) -> list[Row]:
 
 
 def _check_one_data_set(runs: list[Run]) -> None:
-    """One report compares runs of one data set: steps and accuracy on two sets do not average.
-    A synthetic set is drawn from its run's seed: runs of two seeds trained on two sets."""
+    """One report compares runs of one data set: steps and accuracy on two sets do not average."""
     sets: dict[str, list[Run]] = {}
     for run in runs:
         sets.setdefault(run.data_set, []).append(run)
@@ -57,9 +56,7 @@ def _check_one_data_set(runs: list[Run]) -> None:
             f"{data}: {group[0].path}" + (f" and {len(group) - 1} more" if len(group) > 1 else "")
             for data, group in sorted(sets.items())
         )
-        drawn = any(run.summary["data"] == "synthetic" for run in runs)
-        seeds = "; a synthetic set is drawn from its run's seed: report one seed" if drawn else ""
         raise ReportError(
             f"these runs trained on {len(sets)} data sets ({listed}): report the runs of each"
-            f" data set on their own, e.g. bn-repro report RUN_DIRS_OF_ONE_SET --out DIR{seeds}"
+            " data set on their own, e.g. bn-repro report RUN_DIRS_OF_ONE_SET --out DIR"
         )

@@ -98,7 +98,7 @@ class Run:
     @property
     def data_set(self) -> str:
         """The data the run trained on: a prepared set's root, or what a synthetic set is made
-        of, its seed included (two seeds draw two sets)."""
+        of, its own seed included (data.synthetic.seed: two seeds draw two sets)."""
         data, synthetic = self.summary["data"], self.summary.get("synthetic")
         if data != "synthetic":
             return data

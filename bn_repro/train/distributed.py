@@ -110,7 +110,9 @@ def pick_device(choice: Device, local_rank: int, visible: int) -> torch.device:
 
 def pick_backend(choice: Backend, device: torch.device) -> str:
     if choice is Backend.nccl and device.type != "cuda":
-        raise ConfigError(f"trainer.backend=nccl runs on GPUs, and this rank has {device}: use auto")
+        raise ConfigError(
+            f"trainer.backend=nccl runs on GPUs, and this rank has {device}: use auto"
+        )
     if choice is Backend.auto:
         return "nccl" if device.type == "cuda" else "gloo"
     return choice.value
@@ -120,13 +122,15 @@ def pick_backend(choice: Backend, device: torch.device) -> str:
 def distributed(choice: Device, backend: Backend = Backend.auto) -> Iterator[Dist]:
     env = launch_env(os.environ)
     device = pick_device(choice, env.local_rank, torch.cuda.device_count())
-    os.environ.update(
-        MASTER_ADDR=env.master_addr,
-        MASTER_PORT=str(env.master_port),
-        RANK=str(env.rank),
-        WORLD_SIZE=str(env.world_size),
-        LOCAL_RANK=str(env.local_rank),
-    )
+    launched = {
+        "MASTER_ADDR": env.master_addr,
+        "MASTER_PORT": str(env.master_port),
+        "RANK": str(env.rank),
+        "WORLD_SIZE": str(env.world_size),
+        "LOCAL_RANK": str(env.local_rank),
+    }
+    before = {name: os.environ.get(name) for name in launched}
+    os.environ.update(launched)  # for what reads torchrun's variables within the group
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = pick_backend(backend, device)
@@ -140,6 +144,15 @@ def distributed(choice: Device, backend: Backend = Backend.auto) -> Iterator[Dis
         yield Dist(env.rank, env.world_size, env.local_rank, device, env.launcher)
     finally:
         dist.destroy_process_group()
+        _restore(before)  # a second run in this process is launched as this one was
+
+
+def _restore(environ: dict[str, str | None]) -> None:
+    for name, value in environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 _groups = itertools.count()

@@ -7,17 +7,14 @@ import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from bn_repro.models.population_stats import population_statistics
+from bn_repro.train.compute import Compute
 from bn_repro.train.distributed import average_bn_statistics
-
-if TYPE_CHECKING:
-    from bn_repro.train.loop import Compute
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +71,7 @@ class Tally:
 
 
 @torch.no_grad()
-def count_correct(model: nn.Module, batches: Iterable, compute: "Compute", expected: int) -> Counts:
+def count_correct(model: nn.Module, batches: Iterable, compute: Compute, expected: int) -> Counts:
     """The model's single-crop predictions of this rank's validation batches, counted over all
     ranks; the model evaluates outside DDP, in eval mode, and is back in its mode afterwards."""
     training = model.training
@@ -93,7 +90,7 @@ def count_correct(model: nn.Module, batches: Iterable, compute: "Compute", expec
 
 @contextmanager
 def population_bn(
-    model: nn.Module, train_batches: Iterator, num_batches: int, compute: "Compute", world_size: int
+    model: nn.Module, train_batches: Iterator, num_batches: int, compute: Compute, world_size: int
 ) -> Iterator[int]:
     """Algorithm 2: within the block the model's BN layers hold the population statistics of the
     next num_batches training batches of this rank (moved to the device and run as a training

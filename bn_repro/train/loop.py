@@ -1,13 +1,10 @@
 """The training loop: optimizer steps, exact evaluation, records and checkpoints, counted in the
-paper's steps of paper.BATCH_SIZE images. It never sees the config: train() passes objects."""
+paper's steps of paper.BATCH_SIZE images. It never sees the config: build.build_trainer passes
+objects."""
 
 import logging
-import math
-import os
-import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,119 +16,21 @@ from torch.nn import functional as F
 
 from bn_repro import paper
 from bn_repro.data import DataSource
-from bn_repro.data.augment import normalize
+from bn_repro.data.synthetic import Batch
 from bn_repro.hparams import EffectiveHparams
 from bn_repro.models.inception import AUX_WEIGHT
 from bn_repro.models.population_stats import batchnorms
 from bn_repro.train import checkpoint
+from bn_repro.train.compute import Compute
 from bn_repro.train.distributed import Dist, all_reduce, average_bn_statistics
 from bn_repro.train.evaluation import count_correct, population_bn
+from bn_repro.train.plan import Plan, Progress, update_best
 from bn_repro.train.probe import InputProbe
 from bn_repro.train.records import Records
 from bn_repro.train.schedule import lr_at
+from bn_repro.train.signals import STOP_STATUS, stop_code
 
 log = logging.getLogger(__name__)
-
-# How a stop signal ends a run. Ranks that got different ones agree on the larger (agree): a
-# user's Ctrl-C stops for good a run that a preemption alone would have had requeued.
-PREEMPTED, STOPPED = 1, 2
-STOP_STATUS = {PREEMPTED: "preempted", STOPPED: "stopped"}
-
-
-@dataclass
-class Progress:
-    """Where a run stands: plain data, saved in every checkpoint."""
-
-    step: int = 0  # optimizer steps of global_batch images
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    max_top1: float | None = None
-    top5_at_max_top1: float | None = None
-    paper_steps_at_max_top1: float | None = None
-    steps_to_target: float | None = None  # paper steps of the first evaluation >= the target
-    # the training loss since the last log record, summed over ranks and images, so that a run
-    # resumed between two records logs the same numbers as one never stopped
-    window_loss: float = 0.0
-    window_images: int = 0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The run's length and intervals; every interval is in paper steps."""
-
-    global_batch: int
-    max_paper_steps: float
-    eval_every: float
-    log_every: float
-    checkpoint_every: float
-    checkpoint_every_minutes: float
-    keep_checkpoints: int
-    control_every_steps: int
-    target_top1: float | None
-    population_batches: int  # per rank, for Algorithm 2's statistics at the end
-
-    @property
-    def total_steps(self) -> int:
-        return math.ceil(self.max_paper_steps * paper.BATCH_SIZE / self.global_batch)
-
-    def paper_steps(self, step: int) -> float:
-        return step * self.global_batch / paper.BATCH_SIZE
-
-    def crosses(self, step: int, every: float) -> bool:
-        """Whether this step passed a multiple of `every` paper steps."""
-        return self.paper_steps(step) // every > self.paper_steps(step - 1) // every
-
-    def counters(self, progress: Progress) -> dict:
-        return {
-            "step": progress.step,
-            "images_seen": progress.step * self.global_batch,
-            "paper_steps": self.paper_steps(progress.step),
-            "epoch": progress.epoch,
-        }
-
-
-@dataclass(frozen=True)
-class Compute:
-    """How a step runs on this device: autocast dtype (None: fp32), memory format, and the
-    stream that copies host batches to the GPU (None: the current stream)."""
-
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-    channels_last: bool
-    copy_stream: torch.cuda.Stream | None = None
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The batch on the device, in the step's memory format, without waiting for the device:
-        a blocking copy would stall the host until the steps queued before it had run."""
-        if self.copy_stream is None or images.is_cuda:
-            return self._to_device(images, labels)
-        # A host batch (pinned by the loader) is copied on the copy stream, so the copy overlaps
-        # the step still running on the current stream; this step's kernels wait for it.
-        with torch.cuda.stream(self.copy_stream):
-            batch = self._to_device(images, labels)
-        current = torch.cuda.current_stream(self.device)
-        current.wait_stream(self.copy_stream)
-        for tensor in batch:
-            tensor.record_stream(current)  # its memory is not reused before the step has run
-        return batch
-
-    def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        images = images.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:  # a loader's (N, H, W, 3)
-            images = normalize(images)
-        return (
-            images.contiguous(memory_format=self.memory_format),
-            labels.to(self.device, non_blocking=True),
-        )
 
 
 @dataclass
@@ -147,12 +46,15 @@ class Trainer:
     records: Records
     run_dir: Path
     checkpoint_extra: dict  # saved with every checkpoint (the resolved config)
-    identity: dict  # what the run is, in the summary: the report reads no config
-    stop_signal: list = field(default_factory=list)  # filled by stop_on_signals
+    description: dict  # what the run is, in the summary (build.describe_run)
+    # The training batches from where the run stands, epoch after epoch (train_stream): one
+    # stream a run, so that Algorithm 2's batches after the last step are the data's next ones
+    stream: Iterator[Batch]
+    stop_signal: list = field(default_factory=list)  # filled by signals.stop_on_signals
+    compile_mode: str | None = None  # torch.compile's, when `forward` is compiled
     probe: InputProbe | None = None  # input distributions at every evaluation (rank 0)
     window: "Window" = field(init=False, default_factory=lambda: Window(time.perf_counter()))
     last_checkpoint: float = field(init=False, default_factory=time.monotonic)
-    batches: Iterator | None = field(init=False, default=None)  # the training stream (stream)
 
     def fit(self, progress: Progress) -> str:
         """Train to the planned length; returns finished, diverged, or on a signal preempted
@@ -166,36 +68,37 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
         if progress.step >= self.plan.total_steps:
             return "finished"
-        steps = self.train_steps(progress)
+        if self.compile_mode is not None:
+            self.timed_first_step(progress)
+            outcome = self.step_boundary(progress)
+            if outcome:
+                return outcome
         while True:
-            next(steps)
+            self.step(progress)
             outcome = self.step_boundary(progress)
             if outcome:
                 return outcome
 
-    def stepper(self, progress: Progress) -> "Stepper":
-        """The run's training steps driven from outside fit (bench train): no logs, evaluations
-        or checkpoints, the same step and agreement."""
-        return Stepper(self, progress, self.train_steps(progress))
+    def step(self, progress: Progress) -> None:
+        """One optimizer step on the stream's next batch: the one place progress.step moves (the
+        stream moves the epoch and the batch in it). Nothing in it waits for the device."""
+        start = time.perf_counter()
+        images, labels = next(self.stream)
+        self.window.data_wait += time.perf_counter() - start
+        self.window.add(self.train_step(images, labels, progress.step), len(labels))
+        progress.step += 1
 
-    def train_steps(self, progress: Progress) -> Iterator[None]:
-        """One optimizer step each time it is advanced, epoch after epoch, without end; progress
-        and the window count them. Nothing in a step waits for the device."""
-        for images, labels in self.stream(progress):
-            self.window.add(self.train_step(images, labels, progress.step), len(labels))
-            progress.step += 1
-            yield
-
-    def stream(self, progress: Progress) -> Iterator:
-        """The training batches from where progress stands, epoch after epoch, without end; one
-        stream a trainer, so that what follows the last step (Algorithm 2's batches) is the
-        data's next batches, as after a resume."""
-        if self.batches is None:
-            self.batches = self._batches(progress)
-        return self.batches
-
-    def _batches(self, progress: Progress) -> Iterator:
-        return train_stream(self.data, progress, self.timed)
+    def timed_first_step(self, progress: Progress) -> None:
+        """A start's first step under torch.compile, timed to its end on the device: mostly the
+        compilation of the forward and backward graphs, which every start pays again."""
+        start = time.perf_counter()
+        self.step(progress)
+        if self.compute.device.type == "cuda":
+            torch.cuda.synchronize(self.compute.device)
+        seconds = time.perf_counter() - start
+        record = {"kind": "compile", **self.plan.counters(progress), "mode": self.compile_mode}
+        self.records.write(record | {"first_step_s": round(seconds, 2)})
+        log.info("torch.compile (%s): the first step took %.1f s", self.compile_mode, seconds)
 
     def step_boundary(self, progress: Progress) -> str | None:
         """Logs, evaluations and checkpoints due after this step; the outcome if the run ends."""
@@ -219,17 +122,6 @@ class Trainer:
             log.warning("stopping on a signal at step %d: %s", step, STOP_STATUS[stop])
             return STOP_STATUS[stop]
         return "finished" if last else None
-
-    def timed(self, batches: Iterator) -> Iterator:
-        """The batches, adding the time spent waiting for each to the window's data wait."""
-        iterator = iter(batches)
-        while True:
-            start = time.perf_counter()
-            batch = next(iterator, None)
-            self.window.data_wait += time.perf_counter() - start
-            if batch is None:
-                return
-            yield batch
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
         lr = lr_at(self.plan.paper_steps(step), self.hp)
@@ -319,7 +211,7 @@ class Trainer:
             return earlier
         with population_bn(
             self.model,
-            self.stream(progress),
+            self.stream,
             self.plan.population_batches,
             self.compute,
             self.dist.world_size,
@@ -362,7 +254,7 @@ class Trainer:
             rng.append(torch.cuda.get_rng_state(self.compute.device))
         every_rng = [None] * self.dist.world_size
         torch.distributed.all_gather_object(every_rng, rng)
-        payload = self.weights_and_place(progress)
+        payload = self.checkpoint_payload(progress)
         if self.dist.is_main:
             payload |= {"optimizer": self.optimizer.state_dict(), "rng": every_rng}
             path = checkpoint.save(self.run_dir, progress.step, payload, self.plan.keep_checkpoints)
@@ -374,11 +266,11 @@ class Trainer:
         running averages, as evaluated), where the run stood and each rank's loader state, so
         that `bn-repro evaluate --checkpoint best` can also recompute Algorithm 2's statistics
         from the training batches that followed it."""
-        payload = self.weights_and_place(progress)
+        payload = self.checkpoint_payload(progress)
         if self.dist.is_main:
             checkpoint.save_best(self.run_dir, payload)
 
-    def weights_and_place(self, progress: Progress) -> dict:
+    def checkpoint_payload(self, progress: Progress) -> dict:
         """What every checkpoint holds: the weights, the progress, every rank's loader state and
         the run's config. A collective: every rank calls it; the ranks' BN statistics must
         have been averaged."""
@@ -407,7 +299,7 @@ class Trainer:
         """What the run is and where it stands; with its final evaluation (finish) once done."""
         counters = self.plan.counters(progress)
         return {
-            **self.identity,
+            **self.description,
             "status": status,
             **counters,
             "world_size": self.dist.world_size,
@@ -424,25 +316,11 @@ class Trainer:
         }
 
 
-def update_best(progress: Progress, record: dict, target_top1: float | None) -> bool:
-    """Counts the evaluation towards the run's best and its steps to target; whether it is the
-    new best."""
-    improved = progress.max_top1 is None or record["top1"] > progress.max_top1
-    if improved:
-        progress.max_top1 = record["top1"]
-        progress.top5_at_max_top1 = record["top5"]
-        progress.paper_steps_at_max_top1 = record["paper_steps"]
-    reached = target_top1 is not None and record["top1"] >= target_top1
-    if reached and progress.steps_to_target is None:
-        progress.steps_to_target = record["paper_steps"]
-    return improved
-
-
-def train_stream(data: DataSource, progress: Progress, timed=iter) -> Iterator:
-    """The training batches from where progress stands, epoch after epoch, without end, counted
-    in progress; `timed` wraps each epoch's batches (Trainer.timed)."""
+def train_stream(data: DataSource, progress: Progress) -> Iterator[Batch]:
+    """The training batches from where progress stands, epoch after epoch, without end: the one
+    place where progress.epoch and progress.batch_in_epoch move."""
     while True:
-        for batch in timed(data.train_epoch(progress.epoch, progress.batch_in_epoch)):
+        for batch in data.train_epoch(progress.epoch, progress.batch_in_epoch):
             progress.batch_in_epoch += 1
             yield batch
         progress.epoch += 1
@@ -455,33 +333,6 @@ def loss_of(output, labels: torch.Tensor) -> torch.Tensor:
         aux = sum(F.cross_entropy(aux.float(), labels) for aux in aux_logits)
         return F.cross_entropy(logits.float(), labels) + AUX_WEIGHT * aux
     return F.cross_entropy(output.float(), labels)
-
-
-@dataclass
-class Stepper:
-    """Trainer.stepper: steps taken as fit takes them, and timed over a window of their own."""
-
-    trainer: Trainer
-    progress: Progress
-    steps: Iterator[None]  # Trainer.train_steps
-
-    def advance(self, count: int) -> None:
-        """`count` training steps, with the ranks' agreement every control_every_steps as a run
-        has it (its one host synchronization between logs)."""
-        for _ in range(count):
-            next(self.steps)
-            if self.progress.step % self.trainer.plan.control_every_steps == 0:
-                self.trainer.agree()
-
-    def time(self, count: int) -> dict:
-        """`count` steps (advance) in a window of their own, which starts once the device has
-        run the steps before: Trainer.measure_window's loss, images/s and data wait."""
-        trainer = self.trainer
-        if trainer.compute.device.type == "cuda":
-            torch.cuda.synchronize(trainer.compute.device)
-        trainer.window = Window(time.perf_counter())
-        self.advance(count)
-        return trainer.measure_window()
 
 
 @dataclass
@@ -498,38 +349,3 @@ class Window:
         self.loss_sum = self.loss_sum + loss * images
         self.loss_images += images
         self.images += images
-
-
-def stop_code(signals: list) -> int:
-    if signal.SIGINT in signals:
-        return STOPPED
-    return PREEMPTED if signals else 0
-
-
-@contextmanager
-def stop_on_signals(received: list) -> Iterator[None]:
-    """SIGTERM, SIGUSR1 or SIGUSR2 (SLURM's warning before the time limit: the usual one, and
-    submitit's) asks for a checkpoint and a stop at the next control point, then a requeue;
-    SIGINT (Ctrl-C) for the same without the requeue, and a second Ctrl-C interrupts at once
-    (KeyboardInterrupt). The handlers from before come back afterwards
-    (requeue.ask_to_be_requeued hands them the signals). Loader workers forked meanwhile inherit
-    the handler, which ignores the Ctrl-C that reaches them too: they stop with the trainer."""
-    trainer = os.getpid()
-
-    def on_signal(signum: int, frame) -> None:
-        if os.getpid() != trainer:
-            return
-        if signum == signal.SIGINT:
-            if signum in received:
-                raise KeyboardInterrupt
-            # straight to the terminal: logging is not safe in a signal handler
-            os.write(2, b"\nCtrl-C: stopping with a checkpoint (Ctrl-C again: at once, without)\n")
-        received.append(signum)
-
-    handled = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
-    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
