@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bn_repro import __version__
+from bn_repro.data.ilsvrc import listed
 from bn_repro.data.pool import worker_pool
 from bn_repro.data.prepared import Problem, damaged
 from bn_repro.data.sources import PrepareError, Sample, Source, open_source
@@ -55,6 +56,7 @@ def _prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     progress = out / ".progress"
     progress.mkdir(parents=True, exist_ok=True)  # the first write: a bad --out fails here, at once
     source = open_source(source_path)
+    check_names(source)
     check_counts(source)
     classes = sorted({s.wnid for s in source.samples})
     units = plan(source, options)
@@ -103,8 +105,8 @@ def bad_images_error(out: Path, bad: list[dict]) -> PrepareError:
     (out / BAD_IMAGES).write_text("".join(f"{line}\n" for line in lines))
     more = f"\n  and {len(lines) - 20} more" if len(lines) > 20 else ""
     return PrepareError(
-        f"{len(lines)} images of the source cannot be decoded (cut short or damaged); all are"
-        f" listed in {out / BAD_IMAGES}:\n  " + "\n  ".join(lines[:20]) + more + "\n"
+        f"{len(lines)} images of the source cannot be decoded (cut short, damaged or too large);"
+        f" all are listed in {out / BAD_IMAGES}:\n  " + "\n  ".join(lines[:20]) + more + "\n"
         f"{out} holds no manifest, so no loader reads it. Replace these files with whole copies"
         " (download the source again), then run the same command: it redoes only the class"
         " folders and shards that hold them"
@@ -152,6 +154,33 @@ def check_counts(source: Source) -> None:
         raise PrepareError(
             f"{source.path} does not hold what it promises: {listed}. Is an archive incomplete? "
             "Download it again, or prepare from a complete copy."
+        )
+
+
+def check_names(source: Source) -> None:
+    """Every image's name can be written where the loaders read it: UTF-8 (the manifest, the
+    tar headers), without spaces or control characters (DALI's index files separate their fields
+    by whitespace, a line per sample), and unique in its split up to its first dot (the key that
+    names a sample in a shard, and the file in a class folder)."""
+    problems, first = [], {}
+    for sample in source.samples:
+        name, where = sample.name, f"{sample.path} ({sample.split}, {sample.wnid})"
+        key = (sample.split, name.split(".")[0])
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            shown = name.encode(errors="surrogateescape")
+            problems.append(f"{where}: {shown!r} is not UTF-8")
+            continue
+        if any(c.isspace() or not c.isprintable() for c in name):
+            problems.append(f"{where}: {name!r} holds a space or a control character")
+        elif key in first:
+            problems.append(f"{where}: {name!r} has the name of {first[key]}, up to its first dot")
+        first.setdefault(key, f"{name!r} in {where}")
+    if problems:
+        raise PrepareError(
+            f"{source.path} holds images whose names the prepared set cannot keep:"
+            f" {listed(problems)}. Rename them (or remove them), then run the same command"
         )
 
 
