@@ -21,10 +21,11 @@ from tqdm import tqdm
 from bn_repro import __version__
 from bn_repro.data.ilsvrc import listed
 from bn_repro.data.pool import worker_pool
-from bn_repro.data.prepared import Problem, damaged
+from bn_repro.data.prepared import Problem, damaged, read_manifest
 from bn_repro.data.sources import PrepareError, Sample, Source, open_source
 from bn_repro.data.units import Unit, os_error, write_unit
 from bn_repro.files import write_json
+from bn_repro.schema import ConfigError
 
 FORMATS = ("folder", "shards")
 
@@ -229,7 +230,12 @@ def _record_name(unit: str) -> str:
 def _finished(out: Path, source_path: Path, options: PrepareOptions) -> dict | None:
     if not (out / "manifest.json").exists():
         return None
-    manifest = json.loads((out / "manifest.json").read_text())
+    try:
+        manifest = read_manifest(out)
+    except ConfigError as error:  # the units' records in OUT/.progress rebuild it
+        print(f"bn-repro prepare: {error}; rebuilding it", file=sys.stderr)
+        (out / "manifest.json").unlink()
+        return None
     settings = (manifest["source"]["path"], manifest["formats"], manifest["shard_size"])
     wanted = (str(source_path.resolve()), list(options.formats), options.shard_size)
     if settings != wanted or manifest["shuffle_seed"] != options.seed:
