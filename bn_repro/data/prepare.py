@@ -173,7 +173,7 @@ def check_names(source: Source) -> None:
             shown = name.encode(errors="surrogateescape")
             problems.append(f"{where}: {shown!r} is not UTF-8")
             continue
-        if any(c.isspace() or not c.isprintable() for c in name):
+        if " " in name or not name.isprintable():  # other whitespace is not printable
             problems.append(f"{where}: {name!r} holds a space or a control character")
         elif key in first:
             problems.append(f"{where}: {name!r} has the name of {first[key]}, up to its first dot")
