@@ -13,6 +13,7 @@ Cases of a full disk mount a tmpfs (root only; skipped otherwise); the `report` 
 the report's fixes of issue 26 (items 4 and 9) are merged."""
 
 import argparse
+import fnmatch
 import hashlib
 import io
 import json
@@ -37,7 +38,7 @@ DEVKIT_ARCHIVE = "ILSVRC2012_devkit_t12.tar.gz"
 META = "ILSVRC2012_devkit_t12/data/meta.mat"
 GROUND_TRUTH = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
 
-# A run of a few seconds on the CPU: bn_x5 on 32-pixel synthetic images, a checkpoint each
+# A short run on the CPU: bn_x5 for 8 steps of 8 synthetic 32-pixel images, a checkpoint each
 # paper step (32 images).
 TINY_RUN = [
     "experiment=bn_x5",
@@ -229,6 +230,10 @@ class Shared:
         _run_ok(["train", *TINY_RUN, f"run_dir={out}"])
         return out
 
+    def _run_on_another_set(self, out: Path) -> Path:
+        _run_ok(["train", *TINY_RUN, "data.synthetic.train_size=128", f"run_dir={out}"])
+        return out
+
 
 @dataclass(frozen=True)
 class Case:
@@ -238,7 +243,9 @@ class Case:
     build: Callable[[Path, Shared], list[str]]  # the input, in the case's folder: the argv
     says: str  # a piece of what the command must say
     code: int = 2
-    may_change: tuple[str, ...] = ()  # files the command repairs, relative to the case's folder
+    # files the command may rewrite (it repairs them, or resumes a run): patterns of paths
+    # relative to the case's folder
+    may_change: tuple[str, ...] = ()
     check: Callable[[Path], list[str]] | None = None  # more: what is wrong after the command
 
 
@@ -291,6 +298,7 @@ def _torch_save(payload, path: Path) -> None:
 
 
 def _metrics_without_step(work: Path, shared: Shared) -> list[str]:
+    """The trained run with a record of its first paper step, less its step, as line 2."""
     run = work / "run"
     shutil.copytree(shared.get("run"), run)
     metrics = run / "metrics.jsonl"
@@ -298,7 +306,17 @@ def _metrics_without_step(work: Path, shared: Shared) -> list[str]:
     record = json.loads(lines[0])
     record.pop("step")
     metrics.write_text("\n".join([lines[0], json.dumps(record), *lines[1:]]) + "\n")
+    (work / "records-before.jsonl").write_text("\n".join([lines[0], *lines[1:]]) + "\n")
     return ["train", *TINY_RUN, "trainer.max_paper_steps=3", f"run_dir={run}"]
+
+
+def _records_kept(work: Path) -> list[str]:
+    """Every record the run had written up to its checkpoint, the last, is still there."""
+    before = (work / "records-before.jsonl").read_text().splitlines()
+    after = (work / "run" / "metrics.jsonl").read_text().splitlines()
+    kept = [json.loads(line) for line in after]
+    lost = [line for line in before if json.loads(line) not in kept]
+    return [f"{len(lost)} records lost from metrics.jsonl"] if lost else []
 
 
 def _full_disk(checkpoints: float) -> Callable[[Path, Shared], list[str]]:
@@ -328,10 +346,14 @@ def _older_checkpoints_stay(work: Path) -> list[str]:
 
 
 def _report_of(change: Callable[[Path], None]) -> Callable[[Path, Shared], list[str]]:
+    """A report of the trained run and a copy of it (another seed) changed."""
+
     def build(work: Path, shared: Shared) -> list[str]:
         shutil.copytree(shared.get("run"), work / "runs" / "good")
-        shutil.copytree(shared.get("run"), work / "runs" / "bad")
-        change(work / "runs" / "bad")
+        bad = shutil.copytree(shared.get("run"), work / "runs" / "bad")
+        summary = json.loads((bad / "summary.json").read_text())
+        (bad / "summary.json").write_text(json.dumps(summary | {"seed": 1}))
+        change(bad)
         return ["report", "runs", "--out", "report"]
 
     return build
@@ -351,10 +373,11 @@ def _eval_without_top1(run: Path) -> None:
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def _other_synthetic_set(run: Path) -> None:
-    summary = json.loads((run / "summary.json").read_text())
-    data = summary["data"] | {"synthetic": {"train_size": 128, "val_size": 16, "noise": 3.0}}
-    (run / "summary.json").write_text(json.dumps(summary | {"data": data, "seed": 1}))
+def _two_synthetic_sets(work: Path, shared: Shared) -> list[str]:
+    """The same experiment and seed trained on synthetic sets of 64 and of 128 images."""
+    shutil.copytree(shared.get("run"), work / "runs" / "small")
+    shutil.copytree(shared.get("run_on_another_set"), work / "runs" / "large")
+    return ["report", "runs", "--out", "report"]
 
 
 CASES = [
@@ -429,9 +452,10 @@ CASES = [
         "10",
         "train",
         _metrics_without_step,
-        "line 2",
+        "metrics.jsonl, line 2: a record without step; skipped",
         code=0,
-        may_change=("run/metrics.jsonl",),
+        may_change=("run/*",),  # a resumed run goes on writing its records
+        check=_records_kept,
     ),
     Case(
         "batch_per_rank_1_with_bn",
@@ -452,8 +476,8 @@ CASES = [
         "report_two_synthetic_sets",
         "4",
         "report",
-        _report_of(_other_synthetic_set),
-        "synthetic",
+        _two_synthetic_sets,
+        "data sets",
     ),
     Case("report_null_recipe", "9", "report", _report_of(_null_recipe), "skipped", code=0),
     Case(
@@ -487,8 +511,9 @@ def snapshot(folder: Path) -> dict[Path, str]:
     }
 
 
-def run_case(case: Case, shared: Shared, root: Path) -> list[str]:
-    """What is wrong with how the command ended (nothing: [])."""
+def run_case(case: Case, shared: Shared, root: Path) -> tuple[list[str], str]:
+    """What is wrong with how the command ended (nothing: []), and the line that says what
+    was wrong with its input."""
     work = root / case.name
     work.mkdir()
     argv = case.build(work, shared)
@@ -511,7 +536,8 @@ def run_case(case: Case, shared: Shared, root: Path) -> list[str]:
     lost = [
         str(path)
         for path, digest in before.items()
-        if str(path) not in case.may_change and after.get(path) != digest
+        if not any(fnmatch.fnmatch(str(path), p) for p in case.may_change)
+        and after.get(path) != digest
     ]
     if lost:
         problems.append(f"lost or changed what was there: {', '.join(lost[:5])}")
@@ -519,7 +545,8 @@ def run_case(case: Case, shared: Shared, root: Path) -> list[str]:
         problems += case.check(work)
     if problems:
         problems.append(f"its output ended:\n{output[-2000:]}")
-    return problems
+    said = next((line for line in output.splitlines() if case.says in line), "")
+    return problems, said
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -547,11 +574,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"skipped {case.name}: mounting a tmpfs needs root")
                     continue
                 start = time.monotonic()
-                problems = run_case(case, shared, root)
+                problems, said = run_case(case, shared, root)
                 took = f"{time.monotonic() - start:.1f} s"
-                print(f"{'FAILED' if problems else 'ok'} {case.name} (26.{case.item}, {took})")
-                for problem in problems:
-                    print(f"    {problem}")
+                print(
+                    f"{'FAILED' if problems else 'ok'} {case.name} (26.{case.item}, {took})",
+                    flush=True,
+                )
+                for line in problems or [f"said: {said[:400]}"]:
+                    print(f"    {line}", flush=True)
                 failed += bool(problems)
         finally:
             for disk in shared.mounts:
