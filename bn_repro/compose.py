@@ -8,6 +8,7 @@ The `${paper:NAME}` resolver and the schema's place in Hydra's ConfigStore are r
 import dataclasses
 import functools
 import itertools
+import sys
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -48,9 +49,21 @@ def experiments() -> list[str]:
 
 def compose(overrides: list[str]) -> DictConfig:
     """The run configuration for these Hydra overrides, checked; ConfigError if it is wrong."""
+    warn_if_repeated(overrides, "experiment")
     cfg = composed("train", overrides)
     validate(cfg)
     return cfg
+
+
+def warn_if_repeated(overrides: list[str], group: str) -> None:
+    """Hydra composes the last of several `group=` overrides without a word: say which."""
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group]
+    if len(given) > 1:
+        print(
+            f"bn-repro: {group}= is given {len(given)} times ({', '.join(given)}): the last,"
+            f" {group}={given[-1]}, is used",
+            file=sys.stderr,
+        )
 
 
 def composed(config_name: str, overrides: list[str]) -> DictConfig:

@@ -50,9 +50,10 @@ def write_json(path: Path, data) -> None:
     write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, keys: tuple[str, ...] = ()) -> list[dict]:
     """The JSON objects of a JSON-lines file (none if it is missing); a line that is not one (cut
-    short by a killed process, edited by hand) is dropped with a warning naming the file."""
+    short by a killed process, edited by hand), or lacks one of `keys`, is dropped with a
+    warning naming the file and the line."""
     records = []
     if path.exists():
         for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -60,8 +61,13 @@ def read_jsonl(path: Path) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            if isinstance(record, dict):
-                records.append(record)
-            else:
+            if not isinstance(record, dict):
                 log.warning("%s, line %d: not a JSON object; skipped", path, number)
+            elif not record.keys() >= set(keys):
+                missing = ", ".join(sorted(set(keys) - record.keys()))
+                log.warning(
+                    "%s, line %d: a record without %s; skipped: %.200s", path, number, missing, line
+                )
+            else:
+                records.append(record)
     return records

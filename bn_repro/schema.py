@@ -247,6 +247,13 @@ def check(cfg: RunConfig) -> None:
     check_fields(cfg, "")
     if cfg.data.kind == DataKind.synthetic and cfg.data.synthetic is None:
         raise ConfigError("data.kind=synthetic needs a data.synthetic section: use data=synthetic")
+    if cfg.model.norm is Norm.batchnorm and cfg.trainer.batch_per_rank < 2:
+        raise ConfigError(
+            f"trainer.batch_per_rank={cfg.trainer.batch_per_rank} with BN: BN normalizes each"
+            " channel over the rank's batch, and one image gives a 1 x 1 map a single value,"
+            " without variance (torch's BN stops there: 'Expected more than 1 value per"
+            " channel'); give trainer.batch_per_rank=2 or more (the paper's BN batch is 32)"
+        )
     if cfg.model.per_activation_bn and cfg.model.norm is not Norm.batchnorm:
         raise ConfigError(
             f"model.per_activation_bn={cfg.model.per_activation_bn} asks for BN in a network"

@@ -117,12 +117,31 @@ def test_learning_rate_scales_from_the_papers_batch_to_the_global_batch(rule, fa
         (["experiment=bn_x5", "data.dali_decode=gpu"], "expected one of [roi, full]"),
         (["experiment=bn_x5", "model.norm"], "Error parsing override 'model.norm'"),
         ([], "no experiment chosen: add experiment=NAME"),
+        (
+            ["experiment=bn_x5", "trainer.batch_per_rank=1"],
+            "trainer.batch_per_rank=1 with BN: BN normalizes each channel over the rank's batch",
+        ),
     ],
 )
 def test_user_errors_say_what_to_fix(overrides, expected):
     with pytest.raises(ConfigError) as error:
         compose(overrides)
     assert expected in str(error.value)
+
+
+def test_one_image_per_rank_is_refused_with_bn_only():
+    assert run_config("inception", "trainer.batch_per_rank=1").trainer.batch_per_rank == 1
+    assert run_config("bn_x5", "trainer.batch_per_rank=2").trainer.batch_per_rank == 2
+
+
+def test_an_experiment_given_twice_is_composed_from_the_last_with_a_warning(capsys):
+    assert compose(["experiment=bn_x5", "seed=3", "experiment=bn_x30"]).name == "bn_x30"
+    assert capsys.readouterr().err == (
+        "bn-repro: experiment= is given 2 times (bn_x5, bn_x30): the last, experiment=bn_x30,"
+        " is used\n"
+    )
+    compose(["experiment=bn_x5"])
+    assert capsys.readouterr().err == ""
 
 
 def composed_jobs(*overrides: str) -> list[RunConfig]:

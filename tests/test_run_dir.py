@@ -172,6 +172,19 @@ def train_record(step: int) -> dict:
     return {"kind": "train", "step": step, "paper_steps": step, "epoch": 0, "loss": 1.0}
 
 
+@pytest.mark.parametrize("lacks", ["step", "kind", "paper_steps"])
+def test_a_resume_skips_a_record_without_its_step_naming_the_line(tmp_path, caplog, lacks):
+    bad = {k: v for k, v in train_record(2).items() if k != lacks}
+    lines = [train_record(1), bad, train_record(3), train_record(9)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    records = Records(tmp_path, resume_step=5, enabled=True)
+    records.close()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 3]  # 9: after the checkpoint
+    assert f"metrics.jsonl, line 2: a record without {lacks}; skipped: {json.dumps(bad)}" in (
+        caplog.text
+    )
+
+
 def test_a_metrics_file_removed_or_replaced_during_the_run_is_written_again_whole(tmp_path, caplog):
     records = Records(tmp_path, 0, enabled=True)
     records.write(train_record(1))

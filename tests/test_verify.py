@@ -9,8 +9,14 @@ import pytest
 
 from bn_repro import cli
 from bn_repro.data.prepare import PrepareOptions, prepare
-from bn_repro.data.prepared import folder_items, read_manifest, shard_items, shard_paths
-from bn_repro.schema import ConfigError
+from bn_repro.data.prepared import (
+    folder_items,
+    open_prepared,
+    read_manifest,
+    shard_items,
+    shard_paths,
+)
+from bn_repro.schema import ConfigError, DataConfig
 
 OPTIONS = PrepareOptions(("folder", "shards"), 2, 20, 0)  # as conftest prepared it
 
@@ -102,3 +108,29 @@ def test_preparing_again_after_verify_rewrites_the_damaged_units_only(prepared_s
     for path in (root / "val").glob("*/*"):
         assert path.read_bytes() == (prepared_small / path.relative_to(root)).read_bytes()
     assert cli.main(["verify", str(root)]) == 0
+
+
+def test_a_damaged_manifest_is_said_with_the_command_that_rebuilds_it(root, capsys):
+    manifest = read_manifest(root)
+    (root / "manifest.json").write_text(json.dumps(manifest)[:100])  # cut short
+    status, _, error = verify(root, capsys)
+    rebuild = (
+        f"`bn-repro prepare --source {manifest['source']['path']} --out {root} --formats"
+        " folder,shards --shard-size 20 --seed 0`"
+    )
+    assert status == 2 and error.startswith(f"bn-repro verify: {root / 'manifest.json'} is damaged")
+    assert rebuild in error and "Traceback" not in error
+    with pytest.raises(ConfigError, match="manifest.json is damaged"):
+        open_prepared(DataConfig(root=str(root), num_classes=6), world_size=1, batch=8)
+
+
+def test_a_second_prepare_rebuilds_a_damaged_manifest_and_rewrites_no_image(root, capsys):
+    manifest = read_manifest(root)
+    (root / "manifest.json").write_text(json.dumps(manifest)[:100])
+    images = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.suffix in (".JPEG", ".tar")}
+    rebuilt = prepare(Path(manifest["source"]["path"]), root, OPTIONS)
+    assert "manifest.json is damaged" in capsys.readouterr().err
+    for key in ("created", "command"):
+        rebuilt.pop(key), manifest.pop(key)
+    assert rebuilt == manifest and read_manifest(root)["splits"] == manifest["splits"]
+    assert {p: p.stat().st_mtime_ns for p in images} == images

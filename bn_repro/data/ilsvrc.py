@@ -52,24 +52,48 @@ class Devkit:
         return sorted((s for s in self.synsets if not s.children), key=lambda s: s.wnid)
 
     def val_wnids(self) -> list[str]:
-        by_id = {s.ilsvrc_id: s.wnid for s in self.synsets if not s.children}
-        return [by_id[i] for i in self.val_ground_truth]
+        """The WNID of validation image 1, 2, ...; ValueError naming the ground truth's lines
+        whose ID is not one of the 1000 leaf classes."""
+        by_id = {s.ilsvrc_id: s for s in self.synsets}
+        wrong = [
+            f"line {line}: {i} ({'a synset above the classes' if i in by_id else 'no synset'})"
+            for line, i in enumerate(self.val_ground_truth, start=1)
+            if i not in by_id or by_id[i].children
+        ]
+        if wrong:
+            raise ValueError(
+                "holds IDs that are not a leaf class's ILSVRC2012_ID in meta.mat: " + listed(wrong)
+            )
+        return [by_id[i].wnid for i in self.val_ground_truth]
+
+
+def listed(items: list[str], shown: int = 5) -> str:
+    """The first few items, then how many more: for errors that list what is wrong."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def read_meta_mat(data: bytes) -> list[Synset]:
-    records = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
-    return [
-        Synset(
-            ilsvrc_id=int(r["ILSVRC2012_ID"]),
-            wnid=str(r["WNID"]),
-            words=str(r["words"]),
-            gloss=str(r["gloss"]),
-            children=tuple(int(c) for c in np.atleast_1d(r["children"])),
-            wordnet_height=int(r["wordnet_height"]),
-            num_train_images=int(r["num_train_images"]),
-        )
-        for r in records
-    ]
+    """The synsets of meta.mat; ValueError saying what is wrong with a file that holds none."""
+    try:
+        records = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
+        return [
+            Synset(
+                ilsvrc_id=int(r["ILSVRC2012_ID"]),
+                wnid=str(r["WNID"]),
+                words=str(r["words"]),
+                gloss=str(r["gloss"]),
+                children=tuple(int(c) for c in np.atleast_1d(r["children"])),
+                wordnet_height=int(r["wordnet_height"]),
+                num_train_images=int(r["num_train_images"]),
+            )
+            for r in np.atleast_1d(records)
+        ]
+    except KeyError as error:
+        raise ValueError(f"is a MAT file without {error} (no synsets struct)") from None
+    except Exception as error:  # noqa: BLE001 - scipy's MatReadError, ValueError, TypeError ...
+        what = "is empty" if not data else f"is not a MAT file of synsets ({error})"
+        raise ValueError(what) from None
 
 
 def write_meta_mat(synsets: list[Synset]) -> bytes:
@@ -92,7 +116,16 @@ def write_meta_mat(synsets: list[Synset]) -> bytes:
 
 
 def read_ground_truth(data: bytes) -> tuple[int, ...]:
-    return tuple(int(line) for line in data.decode().split())
+    """The ILSVRC2012_ID on each line; ValueError naming the first line that holds none."""
+    ids = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        try:
+            ids.append(int(line.decode("ascii")))
+        except ValueError:  # UnicodeDecodeError is one
+            raise ValueError(
+                f"line {number} is {line[:40]!r}, not an ILSVRC2012_ID (a number, one a line)"
+            ) from None
+    return tuple(ids)
 
 
 def write_ground_truth(ids: list[int]) -> bytes:

@@ -19,11 +19,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bn_repro import __version__
+from bn_repro.data.ilsvrc import listed
 from bn_repro.data.pool import worker_pool
-from bn_repro.data.prepared import Problem, damaged
+from bn_repro.data.prepared import Problem, damaged, read_manifest
 from bn_repro.data.sources import PrepareError, Sample, Source, open_source
 from bn_repro.data.units import Unit, os_error, write_unit
 from bn_repro.files import write_json
+from bn_repro.schema import ConfigError
 
 FORMATS = ("folder", "shards")
 
@@ -55,6 +57,7 @@ def _prepare(source_path: Path, out: Path, options: PrepareOptions) -> dict:
     progress = out / ".progress"
     progress.mkdir(parents=True, exist_ok=True)  # the first write: a bad --out fails here, at once
     source = open_source(source_path)
+    check_names(source)
     check_counts(source)
     classes = sorted({s.wnid for s in source.samples})
     units = plan(source, options)
@@ -103,8 +106,8 @@ def bad_images_error(out: Path, bad: list[dict]) -> PrepareError:
     (out / BAD_IMAGES).write_text("".join(f"{line}\n" for line in lines))
     more = f"\n  and {len(lines) - 20} more" if len(lines) > 20 else ""
     return PrepareError(
-        f"{len(lines)} images of the source cannot be decoded (cut short or damaged); all are"
-        f" listed in {out / BAD_IMAGES}:\n  " + "\n  ".join(lines[:20]) + more + "\n"
+        f"{len(lines)} images of the source cannot be decoded (cut short, damaged or too large);"
+        f" all are listed in {out / BAD_IMAGES}:\n  " + "\n  ".join(lines[:20]) + more + "\n"
         f"{out} holds no manifest, so no loader reads it. Replace these files with whole copies"
         " (download the source again), then run the same command: it redoes only the class"
         " folders and shards that hold them"
@@ -155,6 +158,33 @@ def check_counts(source: Source) -> None:
         )
 
 
+def check_names(source: Source) -> None:
+    """Every image's name can be written where the loaders read it: UTF-8 (the manifest, the
+    tar headers), without spaces or control characters (DALI's index files separate their fields
+    by whitespace, a line per sample), and unique in its split up to its first dot (the key that
+    names a sample in a shard, and the file in a class folder)."""
+    problems, first = [], {}
+    for sample in source.samples:
+        name, where = sample.name, f"{sample.path} ({sample.split}, {sample.wnid})"
+        key = (sample.split, name.split(".")[0])
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            shown = name.encode(errors="surrogateescape")
+            problems.append(f"{where}: {shown!r} is not UTF-8")
+            continue
+        if " " in name or not name.isprintable():  # other whitespace is not printable
+            problems.append(f"{where}: {name!r} holds a space or a control character")
+        elif key in first:
+            problems.append(f"{where}: {name!r} has the name of {first[key]}, up to its first dot")
+        first.setdefault(key, f"{name!r} in {where}")
+    if problems:
+        raise PrepareError(
+            f"{source.path} holds images whose names the prepared set cannot keep:"
+            f" {listed(problems)}. Rename them (or remove them), then run the same command"
+        )
+
+
 def plan(source: Source, options: PrepareOptions) -> list[Unit]:
     units = []
     if "folder" in options.formats:
@@ -200,7 +230,12 @@ def _record_name(unit: str) -> str:
 def _finished(out: Path, source_path: Path, options: PrepareOptions) -> dict | None:
     if not (out / "manifest.json").exists():
         return None
-    manifest = json.loads((out / "manifest.json").read_text())
+    try:
+        manifest = read_manifest(out)
+    except ConfigError as error:  # the units' records in OUT/.progress rebuild it
+        print(f"bn-repro prepare: {error}; rebuilding it", file=sys.stderr)
+        (out / "manifest.json").unlink()
+        return None
     settings = (manifest["source"]["path"], manifest["formats"], manifest["shard_size"])
     wanted = (str(source_path.resolve()), list(options.formats), options.shard_size)
     if settings != wanted or manifest["shuffle_seed"] != options.seed:

@@ -65,7 +65,35 @@ def read_manifest(root: Path) -> dict:
             f"data.root={root} has no manifest.json: prepare it with"
             f" `bn-repro prepare --source SOURCE --out {root}`"
         )
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError: cut short by a full disk, edited
+        manifest = None
+    if not isinstance(manifest, dict) or not manifest.keys() >= MANIFEST_KEYS:
+        raise ConfigError(
+            f"{path} is damaged (not the JSON object `bn-repro prepare` writes): rebuild it with"
+            f" `{_prepare_command(root)}`, which keeps the images written and writes the manifest"
+            " again"
+        )
+    return manifest
+
+
+def _prepare_command(root: Path) -> str:
+    """The command that prepared root, as its record of the plan (OUT/.progress) says."""
+    try:
+        plan = json.loads((root / ".progress" / "plan.json").read_bytes())
+        options = plan["options"]
+        return (
+            f"bn-repro prepare --source {plan['source']} --out {root} --formats"
+            f" {','.join(options['formats'])} --shard-size {options['shard_size']} --seed"
+            f" {options['seed']}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"bn-repro prepare --source SOURCE --out {root}, with the options that prepared it"
+
+
+# What the loaders, verify and a second prepare read of every manifest.
+MANIFEST_KEYS = {"source", "formats", "shard_size", "shuffle_seed", "splits", "classes", "shards"}
 
 
 def check_classes(root: Path, manifest: dict, num_classes: int) -> None:

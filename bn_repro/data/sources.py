@@ -69,18 +69,8 @@ def scan_archives(root: Path) -> Source:
     devkit = read_devkit(root / ilsvrc.DEVKIT_ARCHIVE)
     samples = list(scan_train_archive(root / ilsvrc.TRAIN_ARCHIVE))
     val_path = root / ilsvrc.VAL_ARCHIVE
-    # Line i of the ground truth labels ILSVRC2012_val_<i>: match in file-name order.
-    val = sorted(tar_files(val_path, str(val_path)))
-    wnids = devkit.val_wnids()
-    if len(val) != len(wnids):
-        raise PrepareError(
-            f"{val_path} holds {len(val)} images but the devkit's ground truth lists"
-            f" {len(wnids)}: the archive is incomplete or from another release"
-        )
-    samples += [
-        Sample("val", wnid, name, str(val_path), offset, size)
-        for (name, offset, size), wnid in zip(val, wnids, strict=True)
-    ]
+    wnids = devkit_val_wnids(devkit, root / ilsvrc.DEVKIT_ARCHIVE)
+    samples += label_val(list(tar_files(val_path, str(val_path))), wnids, val_path)
     classes = devkit.classes
     return Source(
         "archives",
@@ -110,9 +100,68 @@ def read_devkit(path: Path) -> ilsvrc.Devkit:
     for needed in wanted:
         if needed not in files:
             raise PrepareError(f"{path} has no {needed}: is it the ILSVRC2012 devkit (t12)?")
-    synsets = ilsvrc.read_meta_mat(files[ilsvrc.DEVKIT_META])
-    ground_truth = ilsvrc.read_ground_truth(files[ilsvrc.DEVKIT_GROUND_TRUTH])
+    synsets = _devkit_file(path, ilsvrc.DEVKIT_META, ilsvrc.read_meta_mat, files)
+    ground_truth = _devkit_file(path, ilsvrc.DEVKIT_GROUND_TRUTH, ilsvrc.read_ground_truth, files)
     return ilsvrc.Devkit(tuple(synsets), ground_truth)
+
+
+def _devkit_file(path: Path, name: str, read, files: dict[str, bytes]):
+    try:
+        return read(files[name])
+    except ValueError as error:
+        raise PrepareError(
+            f"{path}: {name} {error}: is it the ILSVRC2012 devkit (t12)? Download it again"
+        ) from None
+
+
+def devkit_val_wnids(devkit: ilsvrc.Devkit, path: Path) -> list[str]:
+    try:
+        return devkit.val_wnids()
+    except ValueError as error:
+        raise PrepareError(
+            f"{path}: {ilsvrc.DEVKIT_GROUND_TRUTH} {error}: is it the ILSVRC2012 devkit (t12)?"
+            " Download it again"
+        ) from None
+
+
+VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
+
+
+def label_val(val: list[tuple[str, int, int]], wnids: list[str], path: Path) -> list[Sample]:
+    """Line i of the ground truth labels ILSVRC2012_val_<i, 8 digits>.JPEG: each image is
+    labelled by the number in its name, and the archive must hold each number once."""
+    found: dict[int, tuple[str, int, int]] = {}
+    unknown, twice = [], []
+    for name, offset, size in val:
+        match = VAL_NAME.fullmatch(name)
+        number = int(match[1]) if match else 0
+        if not 1 <= number <= len(wnids):
+            unknown.append(name)
+        elif number in found:
+            twice.append(name)
+        else:
+            found[number] = (name, offset, size)
+    missing = [f"ILSVRC2012_val_{n:08d}.JPEG" for n in range(1, len(wnids) + 1) if n not in found]
+    problems = [
+        f"{len(names)} {what}: {ilsvrc.listed(names)}"
+        for names, what in (
+            (unknown, "not in the ground truth"),
+            (twice, "held twice"),
+            (missing, "missing"),
+        )
+        if names
+    ]
+    if problems:
+        raise PrepareError(
+            f"{path} does not hold the images its devkit's ground truth labels"
+            f" (ILSVRC2012_val_00000001.JPEG to ILSVRC2012_val_{len(wnids):08d}.JPEG, each once):"
+            f" {'; '.join(problems)}. Is the archive incomplete, or from another release?"
+            " Download it again"
+        )
+    return [
+        Sample("val", wnids[number - 1], name, str(path), offset, size)
+        for number, (name, offset, size) in sorted(found.items())
+    ]
 
 
 def check_member(member: tarfile.TarInfo, archive: str) -> None:

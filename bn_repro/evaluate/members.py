@@ -3,7 +3,6 @@ evaluation's own data and device settings), and the checks that they can be eval
 same images."""
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bn_repro.data.prepared import read_manifest
 from bn_repro.errors import UserError
-from bn_repro.schema import DataKind, DataLoaderKind, Device, RunConfig, check
+from bn_repro.schema import ConfigError, DataKind, DataLoaderKind, Device, RunConfig, check
 from bn_repro.train import checkpoint
 from bn_repro.train.plan import Progress
 
@@ -94,14 +94,26 @@ def load_member(run_dir: Path, which: str, settings: Settings) -> Member:
         raise EvaluateError(
             f"{path} cannot be read ({error}): choose another --checkpoint"
         ) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
+        raise EvaluateError(
+            f"{path} holds no weights (no model state): it is not a checkpoint of `bn-repro"
+            " train`; choose another --checkpoint (latest, best, or a step_*.pt of the run)"
+        )
     trained = run_config(payload.get("config"), path)
+    try:
+        progress = Progress(**payload["progress"])
+    except (KeyError, TypeError):
+        raise EvaluateError(
+            f"{path} does not say where its training stood (no progress, or not this version's):"
+            " evaluate it with the version of bn-repro that trained it"
+        ) from None
     return Member(
         run_dir,
         path,
         trained,
         with_settings(trained, settings),
         payload["model"],
-        Progress(**payload["progress"]),
+        progress,
         payload.get("loader") or [],
     )
 
@@ -146,7 +158,10 @@ def data_identity(cfg: RunConfig) -> dict:
             f"{cfg.name}'s data.root={data.root} holds no prepared data (no manifest.json):"
             " give --data-root PREPARED, where `bn-repro prepare` wrote the data it trained on"
         )
-    found = json.loads(manifest.read_text())
+    try:
+        found = read_manifest(manifest.parent)
+    except ConfigError as error:
+        raise EvaluateError(str(error)) from None
     wnids = [c["wnid"] for c in found["classes"]]
     if len(wnids) != data.num_classes:
         raise EvaluateError(

@@ -4,10 +4,12 @@ Only the trainer's own names, step_<10 digits>.pt, are checkpoints to resume fro
 the best evaluation's weights, for `bn-repro evaluate`; any other file in checkpoints/ (a copy,
 an editor's backup) is left alone."""
 
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 from contextlib import suppress
 from pathlib import Path
 
@@ -88,19 +90,60 @@ def save_best(run_dir: Path, payload: dict) -> Path:
 def _write(path: Path, payload: dict) -> None:
     """Write under a temporary name, then rename: a reader, or a resume after a crash or a full
     disk, sees the older file or the new one whole; a write that fails leaves no temporary
-    file."""
+    file, and one that fails for want of space says how much it needs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".pt.tmp")
     try:
         with naming(temporary), temporary.open("wb") as file:
-            torch.save(payload, file)
+            _save(payload, file)
             file.flush()
             os.fsync(file.fileno())  # NFS reports a full disk here, if not before
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with suppress(OSError):
             temporary.unlink()
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_room(path, payload, error) from None
         raise
+
+
+def _save(payload: dict, file) -> None:
+    """torch.save, with the OSError of a write that failed: torch reports it as a RuntimeError
+    ("enforce fail at inline_container.cc"), the OSError only its context."""
+    try:
+        torch.save(payload, file)
+    except RuntimeError as error:
+        cause = error.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def _no_room(path: Path, payload: dict, error: OSError) -> OSError:
+    """The error of a full disk, saying what the user needs: how much room the checkpoint
+    takes, how much there is, and that the older checkpoints stay."""
+    free = shutil.disk_usage(path.parent).free
+    kept = ", ".join(p.name for p in checkpoints(path.parent.parent)) or "none yet"
+    return OSError(
+        error.errno,
+        f"{error.strerror}: this checkpoint needs about {_tensor_bytes(payload) / 1e6:,.1f} MB,"
+        f" {free / 1e6:,.1f} MB are free there; the checkpoints written before stay ({kept}),"
+        " and the same command resumes from the newest",
+        error.filename,
+    )
+
+
+def _tensor_bytes(value) -> int:
+    """The bytes of the tensors in a payload: nearly all of a checkpoint's size."""
+    if isinstance(value, torch.Tensor):
+        return value.nelement() * value.element_size()
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
 
 
 def load_latest(run_dir: Path) -> dict | None:

@@ -18,9 +18,14 @@ log = logging.getLogger(__name__)
 COUNTERS = ("step", "images_seen", "paper_steps", "epoch")
 
 
+# What a resume reads of every record: which steps it covers, and its kind.
+RECORD_KEYS = ("kind", "step", "paper_steps")
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of metrics.jsonl; a line cut short by a killed process is dropped."""
-    return read_jsonl(run_dir / "metrics.jsonl")
+    """The records of metrics.jsonl; a line cut short by a killed process, or a record without
+    one of RECORD_KEYS, is dropped with a warning that names its line."""
+    return read_jsonl(run_dir / "metrics.jsonl", RECORD_KEYS)
 
 
 class Records:
