@@ -22,20 +22,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # make wheels WHEELS=DIR: every wheel `make setup` installs, downloaded on a machine with access,
-# for WHEEL_PYTHON (default: this interpreter's version) on WHEEL_PLATFORM; SKIP="torch
-# torchvision" leaves out what the compute node's environment already has.
+# for WHEEL_PYTHON (default: this interpreter's version) on WHEEL_PLATFORM (scripts/wheels.py);
+# SKIP="torch torchvision" leaves out what the compute node's environment already has.
 WHEEL_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 WHEEL_PLATFORM ?= manylinux_2_28_x86_64
 SKIP ?=
 
 wheels:
 	@test -n "$(WHEELS)" || { echo "make wheels WHEELS=DIR: say where the wheels go"; exit 2; }
-	$(PYTHON) scripts/requirements.py --skip "$(SKIP)" > $(WHEELS).requirements.txt
-	$(PYTHON) -m pip download --dest $(WHEELS) --only-binary=:all: \
-		--python-version $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) \
-		--platform manylinux2014_x86_64 --platform linux_x86_64 --platform any \
-		-r $(WHEELS).requirements.txt
-	@echo "Wheels in $(WHEELS); on the node: make setup WHEELS=$(WHEELS)"
+	$(PYTHON) scripts/wheels.py $(WHEELS) --python $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) \
+		--skip "$(SKIP)"
 
 # The generated benchmark, in ILSVRC2012's archive formats, then prepared as the real set is.
 MINI := data/mini
