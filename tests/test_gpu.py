@@ -365,10 +365,14 @@ def test_two_ranks_share_one_gpu_over_gloo_and_average_their_bn_statistics(tmp_p
     assert result.stdout.split("\n").count("cuda:0 [1.5, 1.5, 1.5]") == 2, result.stdout
 
 
-def test_two_ranks_on_one_gpu_train_evaluate_checkpoint_and_resume(prepared_small, tmp_path):
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+def test_two_ranks_on_cuda_train_evaluate_checkpoint_and_resume(prepared_small, tmp_path, backend):
+    # gloo: two ranks sharing one GPU; NCCL: a GPU each, where the machine has two
+    if backend == "nccl" and torch.cuda.device_count() < 2:
+        pytest.skip("NCCL with two ranks needs two GPUs (it refuses two ranks on one)")
     run_dir = tmp_path / "run"
     launch = [BIN / "torchrun", "--standalone", "--nproc_per_node=2", "--no-python"]
-    two = ["trainer.device=cuda", "trainer.backend=gloo", "trainer.batch_per_rank=16"]
+    two = ["trainer.device=cuda", f"trainer.backend={backend}", "trainer.batch_per_rank=16"]
     run([*launch, *train_command(prepared_small, run_dir, *two, "trainer.max_paper_steps=2")])
     saved = load_latest(run_dir)
     assert saved["progress"]["step"] == 2 and len(saved["loader"]) == 2
