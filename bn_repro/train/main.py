@@ -5,6 +5,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import hydra
@@ -43,7 +44,8 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
     """Train one run to its end, resuming from run_dir if it holds checkpoints, or until a signal
     arrives in stop_signal (stop_on_signals fills it); the summary."""
     run_dir = Path(cfg.run_dir)
-    with distributed(cfg.trainer.device) as dist, owning(run_dir, dist):
+    timeout = timedelta(minutes=cfg.trainer.collective_timeout_minutes)
+    with distributed(cfg.trainer.device, timeout) as dist, owning(run_dir, dist):
         setup_logging(run_dir, dist.rank)
         trainer, progress = build_trainer(cfg, dist, stop_signal)
         log.info(
@@ -258,7 +260,7 @@ def resume(
 ) -> tuple[Progress, dict | None]:
     """Restore the latest checkpoint of run_dir into the model and optimizer, if there is one;
     where the run stands, and this rank's loader state."""
-    payload = checkpoint.load_latest(run_dir)
+    payload = checkpoint.load_agreed(run_dir)
     if payload is None:
         return Progress(), None
     saved, current = OmegaConf.create(payload["config"]), OmegaConf.create(resolved)
