@@ -119,10 +119,6 @@ class Network:
             *map(str, command),
         ]
 
-    def set_link(self, node: int, up: bool) -> None:
-        """Connect the node to the others, or cut it off (its processes go on, unheard)."""
-        ip("link", "set", f"{LINK}{node}", "up" if up else "down")
-
     def processes(self, node: int) -> list[int]:
         listed = subprocess.run(
             ["ip", "netns", "pids", f"{NAMESPACE}{node}"], capture_output=True, text=True
