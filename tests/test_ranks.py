@@ -244,6 +244,17 @@ def test_the_group_times_out_as_asked_and_nccl_tears_down_on_errors(monkeypatch)
         assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"  # TearDown
 
 
+@pytest.mark.gpu
+def test_an_nccl_group_times_out_as_asked(monkeypatch):
+    for name in (*SET_UP, "TORCH_NCCL_ASYNC_ERROR_HANDLING"):
+        monkeypatch.setenv(name, "")  # so that monkeypatch removes what distributed() sets
+        monkeypatch.delenv(name)
+    with distributed.distributed(Device.cuda, timedelta(seconds=7)) as rank:
+        nccl = dist.group.WORLD._get_backend(rank.device)
+        assert nccl.options._timeout == timedelta(seconds=7)
+        assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"  # TearDown
+
+
 def test_a_peers_failure_is_told_from_this_ranks_own():
     timeout = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms")
     closed = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.2]")
