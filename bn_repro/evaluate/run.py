@@ -33,7 +33,7 @@ from bn_repro.models.population_stats import batchnorms
 from bn_repro.schema import RunConfig
 from bn_repro.train.build import build_run_data, build_run_model
 from bn_repro.train.compute import Compute, pick_compute
-from bn_repro.train.distributed import Dist, distributed
+from bn_repro.train.distributed import Dist, distributed_for
 from bn_repro.train.evaluation import Tally, population_bn
 from bn_repro.train.loop import train_stream
 
@@ -78,7 +78,7 @@ def evaluate(run_dirs: list[Path], options: Options) -> list[dict]:
     members = [load_member(run_dir, options.checkpoint, options.settings) for run_dir in run_dirs]
     check_same_data(members)
     cfg = _eval_cfg(members[0].cfg, options)
-    with distributed(cfg.trainer.device, cfg.trainer.backend) as dist:
+    with distributed_for(cfg.trainer) as dist:
         _setup_logging(dist.rank)
         compute = pick_compute(cfg, dist)
         models = [_model(member, compute) for member in members]

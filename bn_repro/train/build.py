@@ -180,7 +180,7 @@ def resume(
 ) -> tuple[Progress, dict | None]:
     """Restore the latest checkpoint of run_dir into the model and optimizer, if there is one;
     where the run stands, and this rank's loader state."""
-    payload = checkpoint.load_latest(run_dir)
+    payload = checkpoint.load_agreed(run_dir)
     if payload is None:
         return Progress(), None
     saved, current = OmegaConf.create(payload["config"]), OmegaConf.create(resolved)
