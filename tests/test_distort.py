@@ -65,7 +65,7 @@ def dali_distorted(
         fields = {key: where(fn.external_source(batch(key, np.float32))) for key in NEUTRAL}
         order = fn.external_source(batch("order", np.int32))  # on the CPU: conditionals read it
         draw = Draw(order, **fields)
-        return distort(images, draw, DALI_OPS) if native else distorted(images, draw, False, 2)
+        return distort(images, draw, DALI_OPS) if native else distorted(images, draw, False)
 
     built = pipe()
     built.build()

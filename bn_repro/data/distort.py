@@ -57,41 +57,43 @@ def ranges(strength: Photometric) -> dict[str, tuple[float, float]]:
 
 
 class TorchOps:
-    """Ops on one float32 (H, W, 3) tensor: what the torchvision loader distorts with."""
+    """Ops on float32 (..., H, W, 3) tensors, one image or a batch of them (with a Draw's values
+    shaped (N, 1, 1, 1)): what the torchvision loader and DALI's CPU pipeline distort with."""
 
     maximum, minimum = staticmethod(torch.maximum), staticmethod(torch.minimum)
     floor, clamp = staticmethod(torch.floor), staticmethod(torch.clamp)
 
     @staticmethod
-    def channels(image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return image.unbind(-1)
+    def channels(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return images[..., 0:1], images[..., 1:2], images[..., 2:3]
 
     @staticmethod
     def stack(*channels: torch.Tensor) -> torch.Tensor:
-        return torch.stack(channels, dim=-1)
+        return torch.cat(channels, dim=-1)
 
     @staticmethod
-    def channel_mean(image: torch.Tensor) -> torch.Tensor:
-        return image.mean((0, 1))
+    def channel_mean(images: torch.Tensor) -> torch.Tensor:
+        return images.mean((-3, -2), keepdim=True)
 
     @staticmethod
     def mask(condition: torch.Tensor) -> torch.Tensor:
         return condition.float()
 
     @staticmethod
-    def to_float(image: torch.Tensor) -> torch.Tensor:
-        return image.float()
+    def to_float(images: torch.Tensor) -> torch.Tensor:
+        return images.float()
 
     @staticmethod
-    def to_uint8(image: torch.Tensor) -> torch.Tensor:
-        return image.to(torch.uint8)
+    def to_uint8(images: torch.Tensor) -> torch.Tensor:
+        return images.to(torch.uint8)
 
 
 TORCH = TorchOps()
 
 
 def distort(image, draw: Draw, ops):
-    """uint8 (H, W, 3) -> the same, distorted as `draw` says, with `ops` (TORCH, DALI_OPS)."""
+    """uint8 (H, W, 3) -> the same, distorted as `draw` says, with `ops` (TORCH, DALI_OPS); with
+    TORCH also a batch (N, H, W, 3) of one order."""
     x = ops.to_float(image) / 255
     if draw.order == 0:
         x = _in_order(x, 0, draw, ops)
