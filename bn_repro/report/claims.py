@@ -133,7 +133,7 @@ def _rate_claims(by_rate: dict, variants: dict) -> list[Verdict]:
             by_rate.get((INCEPTION_RECIPE, 5), []),
         ),
         _higher(
-            "Without BN, BN-x30's rate does not train: BN-x30 beats Inception's recipe at 30x"
+            "Without BN, BN-x30's rate trains worse: BN-x30 beats Inception's recipe at 30x"
             " (Sec. 4.2.2: without BN already 5x reached machine infinity)",
             f"BN-x30 {100 * x30.max_top1:.1f}%; Inception diverged at 5x",
             variants.get("bn_x30", []),
