@@ -168,3 +168,29 @@ def test_both_loaders_draw_from_the_same_ranges(strength):
             # probability 1 - 2 (0.98 ** 400) > 0.9999
             assert values[key].min() < low + 0.02 * (high - low), (name, key)
             assert values[key].max() > high - 0.02 * (high - low), (name, key)
+
+
+def test_the_gpu_formulas_restore_from_a_checkpoint_with_their_draws():
+    # The GPU pipeline's graph (conditionals on the drawn order) run on the CPU: a checkpoint
+    # taken after a batch restores the draws of the batches after it, as the trainer's resume
+    # needs of every pipeline.
+    pixels = image().numpy()
+
+    @pipeline_def(enable_conditionals=True, batch_size=8, num_threads=1, device_id=None, seed=3)
+    def pipe():
+        images = fn.external_source(lambda iteration: [pixels] * 8, batch=True, layout="HWC")
+        return distort(images, dali_draw(Photometric.full, gpu=False), DALI_OPS)
+
+    def outputs(built, count: int) -> list[np.ndarray]:
+        return [np.stack([np.array(s) for s in built.run()[0]]) for _ in range(count)]
+
+    first = pipe(enable_checkpointing=True)
+    first.build()
+    outputs(first, 1)
+    state = first.checkpoint()
+    rest = outputs(first, 2)
+    restored = pipe(enable_checkpointing=True, checkpoint=state)
+    restored.build()
+    again = outputs(restored, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(rest, again, strict=True))
+    assert not np.array_equal(rest[0], rest[1])  # each batch its own draws
