@@ -198,8 +198,9 @@ def plan(source: Source, options: PrepareOptions) -> list[Unit]:
             ]
     if "shards" in options.formats:
         train = sorted((s for s in source.samples if s.split == "train"), key=lambda s: s.name)
-        # Sec. 4.2.1: shuffle thoroughly. Shards hold a global permutation, so every shard, and
-        # every batch read from one, mixes many classes.
+        # Shards hold a global permutation, so any stretch of them mixes many classes for a
+        # tool that reads them in their stored order; the loaders read the run's own order
+        # (sharding.epoch_order).
         random.Random(options.seed).shuffle(train)
         val = sorted((s for s in source.samples if s.split == "val"), key=lambda s: s.name)
         for split, samples in (("train", train), ("val", val)):

@@ -206,7 +206,7 @@ def batches(train_size: int, plan: NetworkPlan) -> Iterator[torch.Tensor]:
     into batches (as the ImageNet loaders' order, sharding.py)."""
     epoch = 0
     while True:
-        order = epoch_order(train_size, plan.seed, epoch, thorough=True, stored=False)
+        order = epoch_order(train_size, plan.seed, epoch, thorough=True)
         yield from train_batches(order, 0, 1, plan.batch)
         epoch += 1
 
