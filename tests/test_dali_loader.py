@@ -19,7 +19,7 @@ from bn_repro.data import build_data
 from bn_repro.data.augment import hwc, resize
 from bn_repro.data.dali_loader import resize_shorter
 from bn_repro.schema import DaliDecode, DataFormat, DataLoaderKind
-from bn_repro.train.records import read_metrics
+from bn_repro.train.metrics import read_metrics
 from tests.helpers import (
     assert_same_records,
     kill_after_first_checkpoint,

@@ -27,8 +27,8 @@ from bn_repro.train.checkpoint import load_latest
 from bn_repro.train.compute import pick_compute
 from bn_repro.train.distributed import Dist, all_reduce, distributed
 from bn_repro.train.loop import loss_of
+from bn_repro.train.metrics import read_metrics
 from bn_repro.train.optim import build_optimizer
-from bn_repro.train.records import read_metrics
 from tests.helpers import BIN, first_visible_gpu, prepared_set, run_config, share
 
 pytestmark = pytest.mark.gpu

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from bn_repro.schema import ConfigError, Device
 from bn_repro.train import checkpoint, distributed
-from bn_repro.train.records import read_metrics
+from bn_repro.train.metrics import read_metrics
 from tests.helpers import BIN, TINY, assert_same_records
 
 WAIT_S = 180  # a run's limit, so that ranks that disagree fail rather than hang

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bn_repro.train.checkpoint import checkpoints
-from bn_repro.train.records import read_metrics
+from bn_repro.train.metrics import read_metrics
 from scripts.local_slurm import LocalSlurm
 from tests.helpers import BIN, TINY, assert_same_records
 

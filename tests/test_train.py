@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bn_repro.train.checkpoint import checkpoints
-from bn_repro.train.records import read_metrics, tensorboard_step, tensorboard_tag
+from bn_repro.train.metrics import read_metrics, tensorboard_step, tensorboard_tag
 from tests.helpers import BIN, TINY, assert_same_records, kill_after_first_checkpoint, model_of
 
 pytestmark = pytest.mark.slow

@@ -34,8 +34,8 @@ from bn_repro.models.population_stats import batchnorms, population_statistics
 from bn_repro.schema import ConfigError, Norm
 from bn_repro.train.distributed import Dist
 from bn_repro.train.environment import record_start
+from bn_repro.train.metrics import Records, setup_logging
 from bn_repro.train.probe import InputProbe
-from bn_repro.train.records import Records, setup_logging
 
 log = logging.getLogger(__name__)
 

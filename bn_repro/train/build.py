@@ -22,10 +22,10 @@ from bn_repro.train.compute import Compute, fused_optimizer, pick_compute, resol
 from bn_repro.train.distributed import Dist
 from bn_repro.train.environment import record_start
 from bn_repro.train.loop import Trainer, train_stream
+from bn_repro.train.metrics import Records
 from bn_repro.train.optim import build_optimizer, load_state
 from bn_repro.train.plan import Plan, Progress
 from bn_repro.train.probe import InputProbe
-from bn_repro.train.records import Records
 from bn_repro.train.schedule import schedule_table
 
 log = logging.getLogger(__name__)

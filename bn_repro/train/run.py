@@ -13,7 +13,7 @@ from bn_repro.schema import RunConfig
 from bn_repro.train import lock
 from bn_repro.train.build import build_trainer
 from bn_repro.train.distributed import Dist, distributed_for
-from bn_repro.train.records import setup_logging
+from bn_repro.train.metrics import setup_logging
 
 log = logging.getLogger(__name__)
 
