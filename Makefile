@@ -86,7 +86,7 @@ demo-train-%: setup $(MINI)/prepared/manifest.json
 	$(DEMO_TRAIN) seed=$* experiment=inception optim.lr_multiplier=30 \
 		hydra.sweep.dir=$(DEMO)/sweeps/x30-seed$*
 
-# Loader images/s on this machine (results/bench/loader-cpu-*.json), from generated images of
+# Loader images/s on the machine that runs it (results/bench/loader-cpu-*.json), from generated images of
 # ImageNet's typical size, 500 x 375, and file size: quality 95 gives ~104 KB a JPEG, as the
 # ILSVRC2012 train set's 138 GB / 1,281,167 images ~ 108 KB. 6,000 of them make epochs of 93
 # batches of 64, more than a round's warm-up and timed batches: no epoch end (a loader's

@@ -236,7 +236,9 @@ class TrainerConfig:
 
 @dataclass
 class PathsConfig:
-    imagenet: str | None = MISSING  # where `bn-repro prepare` wrote ILSVRC2012, on this machine
+    imagenet: str | None = (
+        MISSING  # where `bn-repro prepare` wrote ILSVRC2012, on the machine that trains
+    )
 
 
 @dataclass

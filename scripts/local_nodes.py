@@ -1,4 +1,4 @@
-"""Two SLURM nodes on this machine, for multi-node runs without a cluster; the multi-node tests
+"""Two SLURM nodes on the host, for multi-node runs without a cluster; the multi-node tests
 run on them. As root (network namespaces, and scripts/local_slurm.py's daemons):
 
     python -m scripts.local_nodes start /tmp/nodes       # then: the exports it prints
@@ -41,7 +41,7 @@ OWNER = "owner"  # the file of the folder that holds the pid of the process that
 
 class Network:
     """The nodes' namespaces, links and hosts files: node i (from 1) at the subnet's address
-    10 + i, the controller (this machine) at the subnet's first address."""
+    10 + i, the controller (the host) at the subnet's first address."""
 
     def __init__(self, root: Path, count: int = 2):
         self.root, self.count = root, count
@@ -153,7 +153,7 @@ class LocalNodes(LocalSlurm):
         if os.geteuid() != 0:
             raise SlurmError("network namespaces need root")
         if socket.gethostname() in self.network.names():
-            raise SlurmError(f"this machine is called {socket.gethostname()}, as a node would be")
+            raise SlurmError(f"the host is called {socket.gethostname()}, as a node would be")
         self.remove_leftovers()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / OWNER).write_text(str(os.getpid()))
@@ -175,7 +175,7 @@ class LocalNodes(LocalSlurm):
             run(self.network.on(node, ["slurmd", "-f", self.conf]), env=self.env)
 
     def configuration(self) -> str:
-        # slurmd -C: this machine's node line (name, CPUs, sockets, cores, memory in MB), which
+        # slurmd -C: the host's node line (name, CPUs, sockets, cores, memory in MB), which
         # every node shares
         line = run(["slurmd", "-C"], capture=True).splitlines()[0]
         hardware = line.split(maxsplit=1)[1]
@@ -198,7 +198,7 @@ def ip(*arguments: str) -> None:
 
 
 def free_subnet() -> ipaddress.IPv4Network:
-    """A /24 of CANDIDATES that none of this machine's addresses or routes overlaps."""
+    """A /24 of CANDIDATES that none of the host's addresses or routes overlaps."""
     taken = []
     for listing in (["ip", "-4", "-o", "address"], ["ip", "-4", "route"]):
         output = run(listing, capture=True)
@@ -207,7 +207,7 @@ def free_subnet() -> ipaddress.IPv4Network:
     for subnet in CANDIDATES.subnets(new_prefix=24):
         if not any(subnet.overlaps(other) for other in taken):
             return subnet
-    raise SlurmError(f"every /24 of {CANDIDATES} is in use on this machine")
+    raise SlurmError(f"every /24 of {CANDIDATES} is in use on the host")
 
 
 def main() -> int:

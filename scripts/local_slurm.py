@@ -1,11 +1,11 @@
-"""A single-node SLURM on this machine, to try hydra/launcher=slurm and slurm/ without a cluster;
+"""A single-node SLURM on the host, to try hydra/launcher=slurm and slurm/ without a cluster;
 the SLURM tests run on it too. As root (apt-get, and daemons that start jobs as any user):
 
     python scripts/local_slurm.py start /tmp/slurm   # then: the two exports it prints
     python scripts/local_slurm.py stop /tmp/slurm
 
 `start` installs Debian's slurm-wlm and munge when they are missing, writes a configuration with
-this machine's CPUs and memory under the folder, starts munged, slurmctld and slurmd there, and
+the host's CPUs and memory under the folder, starts munged, slurmctld and slurmd there, and
 waits until the node is idle. `stop` cancels every job, stops the three daemons and kills what
 is left of the jobs. Nothing outside the folder changes but the installed packages.
 
@@ -96,13 +96,13 @@ class LocalSlurm:
         run(["slurmd", "-f", str(self.conf)], env=self.env)
 
     def configuration(self) -> str:
-        # slurmd -C: this machine's node line (name, CPUs, sockets, cores, memory in MB)
+        # slurmd -C: the host's node line (name, CPUs, sockets, cores, memory in MB)
         node = run(["slurmd", "-C"], capture=True).splitlines()[0]
         host = socket.gethostname()
         try:  # jobs meet their other ranks at the node's name
             socket.gethostbyname(host)
         except OSError:
-            message = f"this machine's name {host} does not resolve: add it to /etc/hosts"
+            message = f"the host's name {host} does not resolve: add it to /etc/hosts"
             raise SlurmError(message) from None
         nodes = f"{node} NodeAddr=127.0.0.1 State=UNKNOWN"
         return self.common_configuration("127.0.0.1", "", nodes)

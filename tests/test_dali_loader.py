@@ -127,8 +127,8 @@ def test_validation_pixels_match_the_torchvision_loader(root):
     )
     assert labels.tolist() == their_labels.tolist()
     difference = (ours.int() - theirs.int()).abs().float()
-    # Both decode with libjpeg-turbo and resize with augment.resize: the same pixels today, and
-    # within a grey level should either library's rounding change.
+    # Both decode with libjpeg-turbo and resize with augment.resize: the same pixels, and within
+    # a grey level should either library's rounding change.
     assert difference.max() <= 1 and difference.mean() < 0.01, (
         difference.mean(),
         difference.max(),

@@ -1,4 +1,4 @@
-"""Runs across two SLURM nodes on this machine (scripts/local_nodes.py: network namespaces, as
+"""Runs across two SLURM nodes on one machine (scripts/local_nodes.py: network namespaces, as
 root), one gloo rank on each node's CPU: the sbatch template, Hydra's submitit launcher and
 torchrun by hand each end with the records of two ranks on one node; a rank killed after a
 checkpoint ends its job within a minute and the same command resumes it; a rank gone silent

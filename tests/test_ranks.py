@@ -1,4 +1,4 @@
-"""Two gloo ranks on this machine at the edges of a run: they resume from the one checkpoint rank
+"""Two gloo ranks on one machine at the edges of a run: they resume from the one checkpoint rank
 0 chose, also where a rank's listing of run_dir is a checkpoint behind, and stop together where a
 rank cannot read it; a rank gone silent is named once the collective timeout has passed; a
 finished run's ranks end without an abort. And, without ranks: what the set-up reads and sets
@@ -118,7 +118,7 @@ def two_ranks(*command: str | Path) -> subprocess.CompletedProcess:
 
 
 def apart(program: str, *arguments: str) -> list[subprocess.Popen]:
-    """Both ranks of program, each a plain process meeting at a free port on this machine."""
+    """Both ranks of program, each a plain process meeting at a free local port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

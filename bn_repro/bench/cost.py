@@ -1,6 +1,7 @@
-"""`bn-repro bench cost`: training throughput per GPU and what Figure 3 costs in GPU-hours, from
-the records of `bn-repro bench train` (results/bench/train-*.json): GPU-hours = images a variant
-trains / its images/s per GPU. Every rate comes from a record; none is typed in here."""
+"""`bn-repro bench cost`: training throughput per GPU and what Figure 3 costs in GPU-hours.
+The rates come from the records of `bn-repro bench train` (results/bench/train-*.json), and a
+variant's GPU-hours are the images it trains over its images/s per GPU. Every rate comes from a
+record; none is typed in here."""
 
 import json
 from dataclasses import dataclass

@@ -1,7 +1,7 @@
-"""`bn-repro bench train`: training images/s per GPU of the trainer's own step (build_trainer,
-bench/stepper.py: the objects and code a run trains with) over a fixed number of steps after a
-warm-up, with the share of time spent waiting for data, peak GPU memory, the host
-synchronizations inside a step and the model FLOP utilization (MFU)."""
+"""`bn-repro bench train`: training images/s per GPU of the trainer's own step, built by
+build_trainer and stepped by bench/stepper.py with the objects and code a run trains with, over
+a fixed number of steps after a warm-up, with the share of time spent waiting for data, peak
+GPU memory, the host synchronizations inside a step and the model FLOP utilization (MFU)."""
 
 import dataclasses
 import math

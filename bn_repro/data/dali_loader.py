@@ -171,9 +171,10 @@ def distorted(images, draw: Draw, gpu: bool):
 
 
 class _CpuDistort:
-    """fn.python_function on the CPU: the batch's crops (all of one size) distorted by torch
-    (distort.TORCH), the images of each order at once: a 32-pixel crop alone took 0.75 ms,
-    most of it Python's, and DALI's CPU arithmetic 3 times torch's time on 224-pixel ones."""
+    """fn.python_function on the CPU that distorts the batch's crops (all of one size) by torch
+    (distort.TORCH), the images of each order at once. A 32-pixel crop alone took 0.75 ms,
+    most of it Python's, and DALI's CPU arithmetic took 3 times torch's time on 224-pixel
+    ones."""
 
     def __call__(self, images: list[np.ndarray], *fields: list[np.ndarray]) -> list[np.ndarray]:
         batch = torch.from_numpy(np.stack(images))
@@ -213,8 +214,8 @@ def _on_device(labels, gpu: bool):
 class _CpuResize:
     """fn.python_function on the CPU: uint8 HWC images resized by augment.resize, the batch split
     over `threads` threads (torch's kernel runs without the GIL). DALI's own CPU resize is not
-    vectorized: 1 ms a 224 x 224 crop against torch's 0.12 ms on this project's 2-core machine,
-    where it halved the pipeline's images/s."""
+    vectorized: on 2 cores it took 1 ms a 224 x 224 crop against torch's 0.12 ms and halved the
+    pipeline's images/s."""
 
     def __init__(self, size: list[int], threads: int):
         self.size, self.threads = size, threads

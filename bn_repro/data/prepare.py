@@ -1,5 +1,6 @@
-"""`bn-repro prepare`: ILSVRC2012, from any source, into what the loaders stream: a folder tree
-(train/<wnid>/, val/<wnid>/) and/or webdataset shards with DALI index files, and a manifest.
+"""`bn-repro prepare`: ILSVRC2012, from any source, into what the loaders stream. That is a
+folder tree (train/<wnid>/, val/<wnid>/) and/or webdataset shards with DALI index files, and a
+manifest.
 
 The work is cut into units (one class folder, or one shard), each written under a temporary name
 and renamed when whole, then recorded in OUT/.progress/; an interrupted run skips the recorded

@@ -115,8 +115,8 @@ def build_run_data(
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
     # Each rank keeps its own BN statistics, averaged before evaluations and checkpoints
-    # (loop.evaluate). torch 2.15 deprecates broadcast_buffers but advises keeping it for
-    # rank-local buffers until its replacement can skip the sync at construction.
+    # (loop.evaluate). Newer torch warns that broadcast_buffers is deprecated but advises keeping it
+    # for rank-local buffers until its replacement can skip the sync at construction.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
         return DistributedDataParallel(

@@ -121,9 +121,10 @@ def _first_host(nodelist: str) -> str:
 
 
 def pick_device(choice: Device, local_rank: int, visible: int) -> torch.device:
-    """This process's device, from the CUDA devices it sees (`visible`): with one, that one,
-    whatever the local rank (srun --gpus-per-task, cgroup-bound GPUs: each process sees its own
-    GPU as device 0); with several, the local rank's (torchrun, srun without GPU binding)."""
+    """This process's device, from the number of CUDA devices it sees (`visible`). With one it
+    takes that one, whatever the local rank, since srun --gpus-per-task and cgroup-bound GPUs
+    show each process its own GPU as device 0. With several it takes the local rank's (torchrun,
+    srun without GPU binding)."""
     if choice is Device.cuda and visible == 0:
         raise ConfigError("trainer.device=cuda but no CUDA device is visible: use device=auto")
     if choice is Device.cpu or visible == 0:
