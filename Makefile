@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: setup wheels demo test bench-loader bench-train bench-decoder gpu-check
+.PHONY: setup wheels demo test test-fast bench-loader bench-train bench-decoder gpu-check
 
 # Where the interpreter already holds torch (an NGC or a site's container), the environment sees
 # its packages and pip installs only what is missing, torch's CUDA build left as it is. WHEELS=DIR:
@@ -128,13 +128,21 @@ bench-decoder: $(BENCH)/prepared/manifest.json
 			|| exit 1; \
 	done; done
 
-# The suite runs on the CPU with the GPUs hidden; where torch sees a GPU, the gpu tests follow.
+# The suite runs on the CPU with the GPUs hidden, over TEST_WORKERS processes (pytest-xdist; each
+# module's tests on one, tests/conftest.py), one thread each; where torch sees a GPU, the gpu
+# tests follow. test-fast: the tests that train no run, start no SLURM and generate no archives.
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest -n $(TEST_WORKERS)
+
 test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(PYTEST)
 	@if $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
 		$(BIN)/python -m pytest -m gpu; fi
+
+test-fast: setup
+	$(PYTEST) -m "not slow and not slurm"
 
 # A new GPU machine checked and measured in about 8 minutes (one H100/H200, 16 cores): it stops at
 # once without a usable GPU, saying why; else makes the data, runs the gpu tests, bench train of

@@ -6,6 +6,7 @@ suite: it hides every GPU from itself and from the processes its tests start, so
 `auto` switches resolve to the CPU on a GPU machine too, and skips the gpu tests it selected
 (`make test` runs both sessions)."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -23,8 +24,37 @@ RUN_GPU_TESTS_ALONE = (
 )
 
 
+# Module fixtures that generate sets of ILSVRC2012's archives (test_prepare.py and
+# test_bad_sources.py): their tests are slow, out of `make test-fast`. prepared_small, 174 images
+# of 40 pixels made once a session, is not.
+GENERATES_ARCHIVES = {"mini", "prepared"}
+
+
+def pytest_itemcollected(item):
+    if GENERATES_ARCHIVES & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.slow)
+
+
+# Under pytest-xdist (make test), each module's tests run on one worker, where its module fixtures
+# (a trained run, a prepared set) are made once, and the SLURM modules, which start the one local
+# cluster's daemons, run one after the other on the same worker: first, being the longest.
+SLURM_MODULES = {"test_slurm.py", "test_nodes.py"}
+if importlib.util.find_spec("xdist"):
+
+    def pytest_xdist_make_scheduler(config, log):
+        from xdist.scheduler import LoadFileScheduling
+
+        class ByModule(LoadFileScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                module = super()._split_scope(nodeid)
+                return "slurm" if Path(module).name in SLURM_MODULES else module
+
+        return ByModule(config, log)
+
+
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: Path(item.path).name not in SLURM_MODULES)  # stable: SLURM first
     if items and all(item.get_closest_marker("gpu") for item in items):
         _gpu_session(items)
     else:

@@ -119,3 +119,22 @@ def test_fails(tmp_path):
     pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--basetemp={basetemp}")
     kept = [path.name for path in basetemp.iterdir() if not path.is_symlink()]  # "current" links
     assert kept == ["test_fails0"]
+
+
+@pytest.mark.slow
+def test_under_xdist_a_module_stays_on_one_worker_and_the_slurm_modules_share_one(pytester):
+    # They start the one local cluster's daemons: on two workers at once they break each other.
+    pytester.makeconftest(Path(__file__).with_name("conftest.py").read_text())
+    pytester.makeini("[pytest]\naddopts = --strict-markers\nmarkers =\n    gpu: CUDA")
+    worker = 'def test_{}():\n    print("ran on", os.environ["PYTEST_XDIST_WORKER"])\n'
+    for module in ("test_slurm", "test_nodes", "test_other"):
+        tests = "\n\n".join(worker.format(n) for n in range(4))
+        pytester.makepyfile(**{module: "import os\n\n\n" + tests})
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-v")
+    result.assert_outcomes(passed=12)
+    ran = {}
+    for line in result.outlines:
+        if " PASSED " in line:  # [gw0] [  8%] PASSED test_slurm.py::test_0
+            ran.setdefault(line.split("::")[0].split()[-1], set()).add(line.split()[0])
+    assert all(len(workers) == 1 for workers in ran.values()), ran
+    assert ran["test_slurm.py"] == ran["test_nodes.py"]
