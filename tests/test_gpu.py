@@ -26,9 +26,9 @@ from bn_repro.schema import DaliDecode, DaliDevice, DataFormat, DataLoaderKind, 
 from bn_repro.train.checkpoint import load_latest
 from bn_repro.train.compute import pick_compute
 from bn_repro.train.distributed import Dist, all_reduce, distributed
-from bn_repro.train.loop import loss_of
 from bn_repro.train.optim import build_optimizer
 from bn_repro.train.records import read_metrics
+from bn_repro.train.step import loss_of
 from tests.helpers import BIN, first_visible_gpu, prepared_set, run_config, share
 
 pytestmark = pytest.mark.gpu
@@ -369,6 +369,7 @@ def test_two_ranks_on_one_gpu_train_evaluate_checkpoint_and_resume(prepared_smal
     run_dir = tmp_path / "run"
     launch = [BIN / "torchrun", "--standalone", "--nproc_per_node=2", "--no-python"]
     two = ["trainer.device=cuda", "trainer.backend=gloo", "trainer.batch_per_rank=16"]
+    two.append("trainer.bn_batch=16")
     run([*launch, *train_command(prepared_small, run_dir, *two, "trainer.max_paper_steps=2")])
     saved = load_latest(run_dir)
     assert saved["progress"]["step"] == 2 and len(saved["loader"]) == 2
