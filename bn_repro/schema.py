@@ -210,6 +210,15 @@ class TrainerConfig:
     checkpoint_every_minutes: float = positive()
     keep_checkpoints: int = positive()
     control_every_steps: int = positive()
+    # How long a rank waits for the others in any collective or rendezvous before the run stops
+    # (naming the ranks that did not answer: a dead or silent peer, an unreachable node). It
+    # must exceed the longest wait a healthy run has: rank 0 alone writing a checkpoint
+    # (~100 MB for Inception, fsync'd; up to minutes on a busy shared file system) while the
+    # others wait at the next collective; ranks reaching an evaluation or Algorithm 2 apart by
+    # their share's imbalance; nodes starting apart (imports, DALI's index), and ranks compiling
+    # (trainer.compile: minutes each, more on a rank that misses the compile cache). 10 minutes,
+    # NCCL's own default, against gloo's 30.
+    collective_timeout_minutes: float = positive()
     population_batches: int = positive()  # per rank: Algorithm 2's statistics at the end
     # The input distribution of named layers at every evaluation (train/probe.py): percentiles
     # of one channel over this many fixed training images; 0: none.
@@ -237,7 +246,9 @@ class TrainerConfig:
 
 @dataclass
 class PathsConfig:
-    imagenet: str | None = MISSING  # where `bn-repro prepare` wrote ILSVRC2012, on this machine
+    imagenet: str | None = (
+        MISSING  # where `bn-repro prepare` wrote ILSVRC2012, on the machine that trains
+    )
 
 
 @dataclass

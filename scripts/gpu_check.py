@@ -150,7 +150,7 @@ def preflight() -> str:
 def machine_problems(
     cuda: bool, torch_version: str, torch_cuda: str | None, driver: Driver | None, dali: list[str]
 ) -> list[str]:
-    """What stops this machine from running the GPU paths, each with what to do."""
+    """What stops the machine it runs on from running the GPU paths, each with what to do."""
     problems = []
     if not cuda:
         problems.append(_no_cuda(torch_version, torch_cuda, driver))

@@ -1,13 +1,18 @@
-"""A single-node SLURM on this machine, to try hydra/launcher=slurm and slurm/ without a cluster;
+"""A single-node SLURM on the host, to try hydra/launcher=slurm and slurm/ without a cluster;
 the SLURM tests run on it too. As root (apt-get, and daemons that start jobs as any user):
 
-    python scripts/local_slurm.py start /tmp/slurm   # then: export SLURM_CONF=/tmp/slurm/slurm.conf
+    python scripts/local_slurm.py start /tmp/slurm   # then: the two exports it prints
     python scripts/local_slurm.py stop /tmp/slurm
 
 `start` installs Debian's slurm-wlm and munge when they are missing, writes a configuration with
-this machine's CPUs and memory under the folder, starts munged, slurmctld and slurmd there, and
+the host's CPUs and memory under the folder, starts munged, slurmctld and slurmd there, and
 waits until the node is idle. `stop` cancels every job, stops the three daemons and kills what
 is left of the jobs. Nothing outside the folder changes but the installed packages.
+
+Without slurmdbd there is no accounting, and a plain `sacct` fails; submitit reads its jobs'
+states with it, and without them waits forever for a job that died before writing its result.
+The cluster logs ended jobs (jobcomp/filetxt) and puts a `sacct` first on PATH (FOLDER/bin)
+that reads that log (sacct --completion): a job's state once it has ended, none while it runs.
 """
 
 import argparse
@@ -22,6 +27,10 @@ from pathlib import Path
 
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("slurmd", "slurmctld", "munged")  # in the order they stop
+# submitit's sacct calls, answered from the job completion log
+SACCT = """#!/bin/sh
+exec {sacct} --completion "$@"
+"""
 
 
 class SlurmError(RuntimeError):
@@ -35,12 +44,21 @@ class LocalSlurm:
         self.socket = self.root / "munge" / "munge.socket"
 
     @property
+    def bin(self) -> Path:
+        return self.root / "bin"
+
+    @property
     def env(self) -> dict:
         """This process's environment, pointing SLURM's commands at this cluster."""
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        path = f"{self.bin}:{os.environ['PATH']}"
+        return {**os.environ, "SLURM_CONF": str(self.conf), "PATH": path}
 
     def pid_file(self, daemon: str) -> Path:
         return self.root / f"{daemon}.pid"
+
+    def pid_files(self) -> dict[Path, str]:
+        """Each daemon's pid file, and the daemon's command name."""
+        return {self.pid_file(daemon): daemon for daemon in DAEMONS}
 
     def start(self, timeout_s: float = 60) -> None:
         install()
@@ -51,6 +69,12 @@ class LocalSlurm:
         for folder in ("state", "spool"):
             (self.root / folder).mkdir(exist_ok=True)
         self.conf.write_text(self.configuration())
+        self.bin.mkdir(exist_ok=True)
+        # SLURM's own sacct, not this one (PATH may hold this folder already)
+        elsewhere = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != self.bin]
+        sacct = self.bin / "sacct"
+        sacct.write_text(SACCT.format(sacct=shutil.which("sacct", path=os.pathsep.join(elsewhere))))
+        sacct.chmod(0o755)
         key = self.root / "munge" / "munge.key"
         if not key.exists():
             run(["mungekey", "--create", f"--keyfile={key}"])
@@ -65,24 +89,34 @@ class LocalSlurm:
             ]
         )
         run(["slurmctld", "-f", str(self.conf)], env=self.env)
-        run(["slurmd", "-f", str(self.conf)], env=self.env)
+        self.start_nodes()
         self.wait_until_idle(timeout_s)
 
+    def start_nodes(self) -> None:
+        run(["slurmd", "-f", str(self.conf)], env=self.env)
+
     def configuration(self) -> str:
-        # slurmd -C: this machine's node line (name, CPUs, sockets, cores, memory in MB)
+        # slurmd -C: the host's node line (name, CPUs, sockets, cores, memory in MB)
         node = run(["slurmd", "-C"], capture=True).splitlines()[0]
         host = socket.gethostname()
         try:  # jobs meet their other ranks at the node's name
             socket.gethostbyname(host)
         except OSError:
-            message = f"this machine's name {host} does not resolve: add it to /etc/hosts"
+            message = f"the host's name {host} does not resolve: add it to /etc/hosts"
             raise SlurmError(message) from None
+        nodes = f"{node} NodeAddr=127.0.0.1 State=UNKNOWN"
+        return self.common_configuration("127.0.0.1", "", nodes)
+
+    def common_configuration(self, controller_address: str, per_node: str, nodes: str) -> str:
+        """The cluster's slurm.conf: per_node goes into the names of each slurmd's files (%n,
+        the node's name, where several slurmd share the folder)."""
+        host = socket.gethostname()
         controller, node_daemon = free_ports(2)
         root = self.root
         return f"""\
-# A single-node cluster on localhost, written by scripts/local_slurm.py
+# A local cluster, written by scripts/local_slurm.py
 ClusterName=bnrepro
-SlurmctldHost={host}(127.0.0.1)
+SlurmctldHost={host}({controller_address})
 SlurmctldPort={controller}
 SlurmdPort={node_daemon}
 SlurmUser=root
@@ -91,11 +125,11 @@ CredType=cred/munge
 # cred_expire: also how long a requeued job waits before it may start again (default 120 s)
 AuthInfo=socket={self.socket},cred_expire=10
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool{per_node}
 SlurmctldPidFile={self.pid_file("slurmctld")}
-SlurmdPidFile={self.pid_file("slurmd")}
+SlurmdPidFile={root}/slurmd{per_node}.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd{per_node}.log
 # No cgroups: processes are tracked through their parents, and tasks are not bound to CPUs.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -108,7 +142,10 @@ SelectTypeParameters=CR_CPU
 ReturnToService=2
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-{node} NodeAddr=127.0.0.1 State=UNKNOWN
+# Ended jobs, for sacct --completion (FOLDER/bin/sacct)
+JobCompType=jobcomp/filetxt
+JobCompLoc={root}/jobcomp.log
+{nodes}
 PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -145,13 +182,9 @@ PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             raise SlurmError(f"processes {left} still run after SIGKILL")
 
     def daemons(self) -> list[int]:
-        pids = [read_pid(self.pid_file(daemon)) for daemon in DAEMONS]
+        pids = [(read_pid(path), daemon) for path, daemon in self.pid_files().items()]
         # a pid file outlives its daemon, and the pid may be another process's by now
-        return [
-            pid
-            for pid, daemon in zip(pids, DAEMONS, strict=True)
-            if pid is not None and command_name(pid).startswith(daemon)
-        ]
+        return [pid for pid, daemon in pids if pid is not None and command_name(pid) == daemon]
 
     def jobs(self) -> list[str]:
         listing = subprocess.run(
@@ -251,7 +284,7 @@ def main() -> int:
     try:
         if args.action == "start":
             cluster.start()
-            print(f"export SLURM_CONF={cluster.conf}")
+            print(f"export SLURM_CONF={cluster.conf} PATH={cluster.bin}:$PATH")
         else:
             cluster.stop()
     except SlurmError as error:

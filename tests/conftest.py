@@ -50,6 +50,13 @@ def _cpu_session(items) -> None:
             "CUDA started before the CPU suite could hide the GPUs (a test module touches CUDA"
             " at import): move that call into its test"
         )
+    # One thread a process, its trainers' too: the suite's networks are tiny (32 pixels), where
+    # a second thread costs more in synchronization than it gains, and a test process beside
+    # the runs it starts (two ranks each, some) would otherwise ask for more threads than the
+    # machine has cores, each spinning while it waits for the others: steps of bn_x5 at 32
+    # pixels took 1.25 s at 2 threads on a loaded 2-core machine, 0.16 s at 1.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
     skip = pytest.mark.skip(reason=RUN_GPU_TESTS_ALONE)
     for item in items:
         if item.get_closest_marker("gpu"):

@@ -19,7 +19,7 @@ from bn_repro.data import build_data
 from bn_repro.data.augment import hwc, resize
 from bn_repro.data.dali_loader import resize_shorter
 from bn_repro.schema import DaliDecode, DataFormat, DataLoaderKind
-from bn_repro.train.records import read_metrics
+from bn_repro.train.metrics import read_metrics
 from tests.helpers import (
     assert_same_records,
     kill_after_first_checkpoint,
@@ -127,8 +127,8 @@ def test_validation_pixels_match_the_torchvision_loader(root):
     )
     assert labels.tolist() == their_labels.tolist()
     difference = (ours.int() - theirs.int()).abs().float()
-    # Both decode with libjpeg-turbo and resize with augment.resize: the same pixels today, and
-    # within a grey level should either library's rounding change.
+    # Both decode with libjpeg-turbo and resize with augment.resize: the same pixels, and within
+    # a grey level should either library's rounding change.
     assert difference.max() <= 1 and difference.mean() < 0.01, (
         difference.mean(),
         difference.max(),

@@ -12,9 +12,9 @@ import torch
 
 from bn_repro.cli import main
 from bn_repro.data.make_mini import MiniSpec
-from bn_repro.evaluate import records
+from bn_repro.evaluate import evaluations
 from bn_repro.report import write_report
-from bn_repro.train.records import read_metrics
+from bn_repro.train.metrics import read_metrics
 from tests.helpers import BIN, on_small_set, prepared_set
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def run(prepared_small, tmp_path_factory) -> Path:
 
 def added(run_dir: Path, before: list[dict]) -> list[dict]:
     """The evaluation records written since `before` (the module's tests share the run)."""
-    return records.read(run_dir)[len(before) :]
+    return evaluations.read(run_dir)[len(before) :]
 
 
 def evaluate(*args, ranks: int = 1) -> subprocess.CompletedProcess:
@@ -70,7 +70,7 @@ COUNTS = ("top1_correct", "top5_correct", "count", "loss")
 
 
 def test_algorithm_2_in_evaluate_gives_the_trainers_final_evaluation(run):
-    before, earlier = fingerprints(run), records.read(run)
+    before, earlier = fingerprints(run), evaluations.read(run)
     evaluate(run)  # the newest checkpoint, population statistics, 1 crop: the defaults
     (final,) = [r for r in read_metrics(run) if r.get("bn_stats") == "population"]
     (record,) = added(run, earlier)
@@ -89,7 +89,7 @@ def test_two_ranks_count_every_image_once_with_partial_last_batches(run, tmp_pat
     shutil.copytree(run, one)
     shutil.copytree(run, torch_loader)
     common = ("--bn-stats", "running", "--crops", "1,144", "--batch", "4")
-    earlier = records.read(run)
+    earlier = evaluations.read(run)
     evaluate(run, *common, ranks=2)
     evaluate(one, *common)
     evaluate(torch_loader, *common, "--loader", "torch")
@@ -108,7 +108,7 @@ def test_two_ranks_count_every_image_once_with_partial_last_batches(run, tmp_pat
 
 
 def test_the_best_checkpoint_is_the_best_running_evaluation(run):
-    earlier = records.read(run)
+    earlier = evaluations.read(run)
     evaluate(run, "--checkpoint", "best", "--bn-stats", "running")
     (record,) = added(run, earlier)
     best = max(
@@ -122,11 +122,11 @@ def test_the_best_checkpoint_is_the_best_running_evaluation(run):
 def test_an_ensemble_of_equal_members_predicts_as_each_and_the_report_shows_it(run, tmp_path):
     twin = tmp_path / "twin"
     shutil.copytree(run, twin)
-    (twin / records.FILE).unlink(missing_ok=True)
-    earlier = records.read(run)
+    (twin / evaluations.FILE).unlink(missing_ok=True)
+    earlier = evaluations.read(run)
     result = evaluate(run, twin, "--bn-stats", "running")
     assert result.stdout.count("top-1") == 3  # each member, then the ensemble
-    mine, ensemble = records.read(twin)
+    mine, ensemble = evaluations.read(twin)
     assert len(ensemble["members"]) == 2 and ensemble["id"] == mine["id"]
     assert ensemble["members"][0]["run"] == str(run.resolve())
     assert (ensemble["top1_correct"], ensemble["top5_correct"]) == (

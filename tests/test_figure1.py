@@ -13,7 +13,7 @@ from bn_repro.figure1.training import log_spaced
 from bn_repro.report import write_report
 from bn_repro.report.runs import find_runs
 from bn_repro.schema import ConfigError
-from bn_repro.train.records import read_metrics
+from bn_repro.train.metrics import read_metrics
 from tests.helpers import BIN
 from tests.test_report import record
 

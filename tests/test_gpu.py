@@ -27,8 +27,8 @@ from bn_repro.train.build import build_trainer
 from bn_repro.train.checkpoint import load_latest
 from bn_repro.train.compute import pick_compute
 from bn_repro.train.distributed import Dist, all_reduce, distributed
+from bn_repro.train.metrics import read_metrics
 from bn_repro.train.optim import build_optimizer
-from bn_repro.train.records import read_metrics
 from bn_repro.train.step import GRAPH_WARMUP_STEPS, loss_of
 from tests.helpers import BIN, first_visible_gpu, prepared_set, run_config, share
 
@@ -366,10 +366,14 @@ def test_two_ranks_share_one_gpu_over_gloo_and_average_their_bn_statistics(tmp_p
     assert result.stdout.split("\n").count("cuda:0 [1.5, 1.5, 1.5]") == 2, result.stdout
 
 
-def test_two_ranks_on_one_gpu_train_evaluate_checkpoint_and_resume(prepared_small, tmp_path):
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+def test_two_ranks_on_cuda_train_evaluate_checkpoint_and_resume(prepared_small, tmp_path, backend):
+    # gloo: two ranks sharing one GPU; NCCL: a GPU each, where the machine has two
+    if backend == "nccl" and torch.cuda.device_count() < 2:
+        pytest.skip("NCCL with two ranks needs two GPUs (it refuses two ranks on one)")
     run_dir = tmp_path / "run"
     launch = [BIN / "torchrun", "--standalone", "--nproc_per_node=2", "--no-python"]
-    two = ["trainer.device=cuda", "trainer.backend=gloo", "trainer.batch_per_rank=16"]
+    two = ["trainer.device=cuda", f"trainer.backend={backend}", "trainer.batch_per_rank=16"]
     two.append("trainer.bn_batch=16")
     run([*launch, *train_command(prepared_small, run_dir, *two, "trainer.max_paper_steps=2")])
     saved = load_latest(run_dir)

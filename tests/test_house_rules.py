@@ -2,6 +2,7 @@
 docstring saying what it is for, and no function runs longer than MAX_LINES."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,31 @@ def test_comments_cite_the_paper_not_files_users_do_not_have():
         if any(name in path.read_text() for name in ("SPEC.md", "DESIGN.md", "STYLE.md"))
     ]
     assert citing == [], f"files citing notes users do not have: {', '.join(citing)}"
+
+
+# Words that make a comment go stale: a claim about one machine or one moment, or a measurement
+# without the record that holds it (results/bench/ does).
+STALE = re.compile(r"\b(this machine|today|we measure)", re.IGNORECASE)
+
+
+def stale_phrases(path: Path) -> list[str]:
+    return [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if STALE.search(line)
+    ]
+
+
+def test_no_comment_speaks_of_one_machine_or_one_day():
+    project = PACKAGE.parent
+    sources = [
+        *MODULES,
+        *sorted((project / "configs").rglob("*.yaml")),
+        *sorted((project / "scripts").glob("*.py")),
+        *sorted((project / "slurm").iterdir()),
+        *sorted(path for path in (project / "tests").glob("*.py") if path != Path(__file__)),
+        project / "Makefile",
+        project / "pyproject.toml",
+    ]
+    found = [line for path in sources for line in stale_phrases(path)]
+    assert found == [], "say it so that it stays true:\n" + "\n".join(found)

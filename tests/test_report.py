@@ -73,7 +73,7 @@ def record(
         "data": data,
         "num_classes": 10,
         "status": status,
-        "paper_steps": evals[-1][0],
+        "paper_steps": evals[-1][0] if evals else 0,
         "target_top1": target,
     }
     summary = {key: value for key, value in (summary | fields).items() if key not in omit}
@@ -152,6 +152,7 @@ def test_the_papers_claims_are_judged_on_the_runs(sweep, tmp_path):
         "cannot tell",  # no sigmoid runs
         "cannot tell",  # no BN-Baseline recipe at 5x
         "holds by the means only",  # Inception 55% at x1 vs 1% at x5 (one run)
+        "cannot tell",  # no Inception runs at 30x
     ]
 
 

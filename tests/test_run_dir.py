@@ -22,7 +22,7 @@ from bn_repro.files import write_json
 from bn_repro.train import checkpoint, lock
 from bn_repro.train.checkpoint import CheckpointError, checkpoints, load_latest, save, save_best
 from bn_repro.train.lock import LOCK_NAME, STALE_AFTER_S, Holder, RunDirBusy, acquire
-from bn_repro.train.records import Records, read_metrics
+from bn_repro.train.metrics import Records, read_metrics
 from bn_repro.train.signals import PREEMPTED, STOPPED, stop_code, stop_on_signals
 from tests.helpers import BIN, TINY
 

@@ -97,3 +97,25 @@ def test_no_module_queries_cuda_at_import_or_collection():
         [sys.executable, "-c", TRIPWIRE], cwd=project, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_a_passing_test_leaves_no_files_behind(pytester: pytest.Pytester):
+    """The suite's runs and prepared sets copied into tmp_path add up to gigabytes: a passing
+    test's folder goes when it ends (a failing one's stays to be read)."""
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    pytester.makepyprojecttoml(pyproject.read_text())
+    pytester.makepyfile(
+        test_files="""
+def test_passes(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(bytes(1000))
+
+
+def test_fails(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(bytes(1000))
+    assert False
+"""
+    )
+    basetemp = pytester.path / "basetemp"
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--basetemp={basetemp}")
+    kept = [path.name for path in basetemp.iterdir() if not path.is_symlink()]  # "current" links
+    assert kept == ["test_fails0"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bn_repro.train.checkpoint import checkpoints
-from bn_repro.train.records import read_metrics
+from bn_repro.train.metrics import read_metrics
 from scripts.local_slurm import LocalSlurm
 from tests.helpers import BIN, TINY, assert_same_records
 
@@ -62,7 +62,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def env(cluster) -> dict:
     """For commands and jobs: this cluster, this environment's bn-repro, CPU ranks."""
-    return {**cluster.env, "PATH": f"{BIN}:{os.environ['PATH']}", "RANKS_PER_NODE": "2"}
+    return {**cluster.env, "PATH": f"{BIN}:{cluster.env['PATH']}", "RANKS_PER_NODE": "2"}
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ TRAIN_DESCRIPTION = (
     " process of its own, what a Figure 3 sweep can run on one GPU: (a) 32 images a step,"
     " (b) --groups x 32 in BN groups of 32, each eager, compiled, graphed and both, on"
     " synthetic images and through the GPU DALI pipeline (--root), and --shared processes"
-    " of (a) sharing the GPU; a cell this machine cannot measure says why."
+    " of (a) sharing the GPU; a cell that cannot be measured without a GPU says why."
 )
 
 

@@ -1,7 +1,8 @@
-"""`bn-repro bench cost`: training throughput per GPU and what Figure 3 costs in GPU-hours, from
-the records of `bn-repro bench train` (results/bench/train-*.json): GPU-hours = images a variant
-trains / its images/s per GPU. Every measured rate comes from a record; a rate that was not
-measured (a target, a projection) is given on the command line and shown as stated, apart."""
+"""`bn-repro bench cost`: training throughput per GPU and what Figure 3 costs in GPU-hours.
+The rates come from the records of `bn-repro bench train` (results/bench/train-*.json), and a
+variant's GPU-hours are the images it trains over its images/s per GPU. Every measured rate comes
+from a record; a rate that was not measured (a target, a projection) is given on the command line
+and shown as stated, apart."""
 
 import json
 from dataclasses import dataclass

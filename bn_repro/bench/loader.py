@@ -36,7 +36,7 @@ class LoaderBench:
 
 
 def feeds(data: DataConfig) -> int | None:
-    """The GPU that DALI decodes on and our loaders feed, as a run on this machine has it
+    """The GPU that DALI decodes on and our loaders feed, as a run on the same machine has it
     (data.dali_device; auto: the GPU where torch sees one); None: the CPU."""
     available = torch.cuda.is_available()
     if data.dali_device is DaliDevice.gpu and not available:

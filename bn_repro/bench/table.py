@@ -5,7 +5,7 @@ cuda_graph) and both, on synthetic images (the model alone) and through the GPU 
 and the aggregate images/s of 1, 2 and 4 independent processes of (a) sharing the GPU, as a
 sweep of single-GPU runs could place them. Each cell is one `bn-repro bench train` in a process
 of its own (no compiled code, CUDA graph or memory pool carries over), which writes its record
-under the output folder; a cell that cannot be measured here says why."""
+under the output folder; a cell that cannot be measured on the device at hand says why."""
 
 import json
 import os
@@ -82,7 +82,7 @@ def rows(table: Table) -> list[Row]:
 
 
 def why_empty(table: Table, row: Row, mode: str) -> str | None:
-    """Why a cell cannot be measured on this machine; None if it can."""
+    """Why a cell cannot be measured on the device at hand (table.cuda); None if it can."""
     if table.cuda:
         if row.data == "dali" and table.root is None:
             return "give --root DIR (a prepared set) to time the GPU DALI pipeline"

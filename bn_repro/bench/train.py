@@ -1,7 +1,7 @@
-"""`bn-repro bench train`: training images/s per GPU of the trainer's own step (build_trainer,
-bench/stepper.py: the objects and code a run trains with) over a fixed number of steps after a
-warm-up, with the share of time spent waiting for data, peak GPU memory, the host
-synchronizations inside a step and the model FLOP utilization (MFU)."""
+"""`bn-repro bench train`: training images/s per GPU of the trainer's own step, built by
+build_trainer and stepped by bench/stepper.py with the objects and code a run trains with, over
+a fixed number of steps after a warm-up, with the share of time spent waiting for data, peak
+GPU memory, the host synchronizations inside a step and the model FLOP utilization (MFU)."""
 
 import dataclasses
 import math
@@ -24,7 +24,7 @@ from bn_repro.models.summary import training_multiply_adds
 from bn_repro.schema import RunConfig
 from bn_repro.train.build import build_trainer
 from bn_repro.train.compute import resolved_switches
-from bn_repro.train.distributed import distributed
+from bn_repro.train.distributed import distributed_for
 from bn_repro.train.loop import Trainer
 from bn_repro.train.plan import Progress
 
@@ -93,7 +93,7 @@ def run(cfg: RunConfig, bench: TrainBench) -> dict | None:
     flops = training_flops(cfg)
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = dataclasses.replace(cfg, run_dir=run_dir)
-        with distributed(cfg.trainer.device, cfg.trainer.backend) as dist:
+        with distributed_for(cfg.trainer) as dist:
             trainer, progress = build_trainer(cfg, dist, stop_signal=[])
             measured = _measure(trainer, progress, bench)
     if not dist.is_main:

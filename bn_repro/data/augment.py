@@ -2,9 +2,9 @@
 yield uint8 images (N, H, W, 3); the trainer normalizes them on its device (normalize).
 
 Inception's recipe (Szegedy et al. 2014, Sec. 6): random crops of 8-100% of the area at aspect
-ratios 3/4-4/3, horizontal flips and photometric distortions. The paper distorts less for the
-accelerated networks (Sec. 4.2.1) without saying how much less; "reduced", half of every
-strength, is this project's reading.
+ratios 3/4-4/3, horizontal flips and photometric distortions (distort.py, TF-slim's, written once
+for both loaders). The paper distorts less for the accelerated networks (Sec. 4.2.1) without
+saying how much less; "reduced", half of every strength, is this project's reading.
 """
 
 import functools
@@ -15,17 +15,11 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import v2
 
+from bn_repro.data.distort import STRENGTH, Distort
 from bn_repro.schema import Photometric
 
 CROP_AREA = (0.08, 1.0)
 CROP_ASPECT = (3 / 4, 4 / 3)
-# TF-slim's Inception distortions (inception_preprocessing.distort_color in its full mode; its
-# fast mode leaves out hue and contrast), an approximation of Howard's that GoogLeNet used:
-# brightness +-32/255, saturation and contrast x[0.5, 1.5], hue +-0.2.
-FULL_DISTORTION = {"brightness": 32 / 255, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
-# Sec. 4.2.1 distorts "less" without saying how much: reduced, half of every strength, is this
-# project's reading, not a number of the paper's.
-STRENGTH = {Photometric.full: 1.0, Photometric.reduced: 0.5, Photometric.none: 0.0}
 VAL_CROP_FRACTION = 0.875  # the centre crop covers 87.5% of the resized image (TF-slim)
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's channel statistics; the paper gives none
 STD = (0.229, 0.224, 0.225)
@@ -73,19 +67,6 @@ class RandomResizedCrop:
 
 def random_flip(image: torch.Tensor) -> torch.Tensor:
     return image.flip(1) if torch.rand(1).item() < 0.5 else image
-
-
-class Distort:
-    """The photometric distortion of the strength: ColorJitter on PIL, 2x faster than on tensors."""
-
-    def __init__(self, strength: Photometric):
-        jitter = {key: value * STRENGTH[strength] for key, value in FULL_DISTORTION.items()}
-        # ColorJitter takes brightness as a factor around 1: +-32/255 of a mid-grey is about +-0.25.
-        jitter["brightness"] = 2 * jitter["brightness"]
-        self.jitter = v2.ColorJitter(**jitter)
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return hwc(self.jitter(Image.fromarray(image.numpy())))
 
 
 def train_transform(size: int, strength: Photometric) -> transforms.Compose:

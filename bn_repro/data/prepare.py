@@ -1,5 +1,6 @@
-"""`bn-repro prepare`: ILSVRC2012, from any source, into what the loaders stream: a folder tree
-(train/<wnid>/, val/<wnid>/) and/or webdataset shards with DALI index files, and a manifest.
+"""`bn-repro prepare`: ILSVRC2012, from any source, into what the loaders stream. That is a
+folder tree (train/<wnid>/, val/<wnid>/) and/or webdataset shards with DALI index files, and a
+manifest.
 
 The work is cut into units (one class folder, or one shard), each written under a temporary name
 and renamed when whole, then recorded in OUT/.progress/; an interrupted run skips the recorded
@@ -198,8 +199,9 @@ def plan(source: Source, options: PrepareOptions) -> list[Unit]:
             ]
     if "shards" in options.formats:
         train = sorted((s for s in source.samples if s.split == "train"), key=lambda s: s.name)
-        # Sec. 4.2.1: shuffle thoroughly. Shards hold a global permutation, so every shard, and
-        # every batch read from one, mixes many classes.
+        # Shards hold a global permutation, so any stretch of them mixes many classes for a
+        # tool that reads them in their stored order; the loaders read the run's own order
+        # (sharding.epoch_order).
         random.Random(options.seed).shuffle(train)
         val = sorted((s for s in source.samples if s.split == "val"), key=lambda s: s.name)
         for split, samples in (("train", train), ("val", val)):

@@ -59,7 +59,7 @@ class SyntheticData:
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         # the epoch's order goes to the device once: a batch is a slice of it there, no copy
         share = self.share
-        order = epoch_order(len(self.train_labels), share.seed, epoch, self.thorough, stored=False)
+        order = epoch_order(len(self.train_labels), share.seed, epoch, self.thorough)
         order = order.to(self.device)
         for chosen in train_batches(order, share.rank, share.world_size, share.batch, start_batch):
             yield self._take(self.train_images, self.train_labels, chosen)

@@ -26,7 +26,6 @@ class TorchData:
         )
         self.share = share
         self.thorough = cfg.shuffle is Shuffle.thorough
-        self.stored_shuffled = cfg.format is DataFormat.shards  # prepare shuffled them
         self.train_transform = train_transform(cfg.image_size, cfg.photometric)
         self.val_transform = val_transform(cfg.image_size)
         self.image_size = cfg.image_size
@@ -38,7 +37,7 @@ class TorchData:
 
     def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         share = self.share
-        order = epoch_order(len(self.train), share.seed, epoch, self.thorough, self.stored_shuffled)
+        order = epoch_order(len(self.train), share.seed, epoch, self.thorough)
         batches = train_batches(order, share.rank, share.world_size, share.batch, start_batch)
         # Each image's crop, flip and distortion are drawn from its own seed: the same pixels
         # whichever worker loads it, and again after a resume.

@@ -119,7 +119,7 @@ def load_member(run_dir: Path, which: str, settings: Settings) -> Member:
 
 
 def run_config(saved: dict | None, path: Path) -> RunConfig:
-    """The RunConfig a checkpoint was trained with, checked against today's schema."""
+    """The RunConfig a checkpoint was trained with, checked against the current schema."""
     if saved is None:
         raise EvaluateError(f"{path} holds no config: it was not written by bn-repro train")
     try:

@@ -1,7 +1,7 @@
 """What the evaluated networks predict for a batch of validation images: each member's scores at
 1 crop (logits, as the trainer counts them) or several (144: the log of its class probabilities
 averaged over the crops), and the ensemble's, the arithmetic mean of its members' class
-probabilities (Sec. 4.2.3)."""
+probabilities (Sec. 4.2.3); in fp32, as the trainer's evaluations (train/evaluation.py)."""
 
 import torch
 from torch import nn
@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from bn_repro.data.augment import normalize
 from bn_repro.data.multicrop import mean_probability, views
 from bn_repro.train.compute import Compute
+from bn_repro.train.evaluation import fp32
 
 
 @torch.no_grad()
@@ -18,7 +19,7 @@ def single_crop(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each model's logits for a loader's batch of single crops, and the labels on the device."""
     images, labels = compute.batch(*batch)
-    with compute.autocast():
+    with fp32(compute.device):
         return [model(images).float() for model in models], labels
 
 
@@ -45,7 +46,7 @@ def multi_crop(
 
 def _logits(model: nn.Module, crops: torch.Tensor, compute: Compute) -> torch.Tensor:
     images = normalize(crops).contiguous(memory_format=compute.memory_format)
-    with compute.autocast():
+    with fp32(compute.device):
         return model(images).float()
 
 

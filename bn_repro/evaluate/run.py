@@ -2,7 +2,7 @@
 weights (the newest, the best or a named one), BN's running averages or Algorithm 2's population
 statistics recomputed as the trainer's final evaluation does, 1 or 144 crops, one run or an
 ensemble of several. Every validation image counts once over the ranks, with the launchers of
-training (one process, torchrun, srun). Records go to each run's evaluations.jsonl (records.py);
+training (one process, torchrun, srun). Records go to each run's evaluations.jsonl (evaluations.py);
 nothing else of a run is written."""
 
 import logging
@@ -20,7 +20,7 @@ from torch import nn
 
 from bn_repro.data import DataSource
 from bn_repro.data.multicrop import scales
-from bn_repro.evaluate import records
+from bn_repro.evaluate import evaluations
 from bn_repro.evaluate.members import (
     EvaluateError,
     Member,
@@ -33,7 +33,7 @@ from bn_repro.models.population_stats import batchnorms
 from bn_repro.schema import RunConfig
 from bn_repro.train.build import build_run_data, build_run_model
 from bn_repro.train.compute import Compute, pick_compute
-from bn_repro.train.distributed import Dist, distributed
+from bn_repro.train.distributed import Dist, distributed_for
 from bn_repro.train.evaluation import Tally, population_bn
 from bn_repro.train.loop import train_stream
 
@@ -78,7 +78,7 @@ def evaluate(run_dirs: list[Path], options: Options) -> list[dict]:
     members = [load_member(run_dir, options.checkpoint, options.settings) for run_dir in run_dirs]
     check_same_data(members)
     cfg = _eval_cfg(members[0].cfg, options)
-    with distributed(cfg.trainer.device, cfg.trainer.backend) as dist:
+    with distributed_for(cfg.trainer) as dist:
         _setup_logging(dist.rank)
         compute = pick_compute(cfg, dist)
         models = [_model(member, compute) for member in members]
@@ -102,7 +102,7 @@ def evaluate(run_dirs: list[Path], options: Options) -> list[dict]:
     if dist.is_main:
         for member in members:
             run = str(member.run_dir.resolve())
-            records.append(member.run_dir, [r for r in written if _has(r, run)])
+            evaluations.append(member.run_dir, [r for r in written if _has(r, run)])
         return written
     return []
 

@@ -34,8 +34,8 @@ from bn_repro.models.population_stats import batchnorms, population_statistics
 from bn_repro.schema import ConfigError, Norm
 from bn_repro.train.distributed import Dist
 from bn_repro.train.environment import record_start
+from bn_repro.train.metrics import Records, setup_logging
 from bn_repro.train.probe import InputProbe
-from bn_repro.train.records import Records, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def batches(train_size: int, plan: NetworkPlan) -> Iterator[torch.Tensor]:
     into batches (as the ImageNet loaders' order, sharding.py)."""
     epoch = 0
     while True:
-        order = epoch_order(train_size, plan.seed, epoch, thorough=True, stored=False)
+        order = epoch_order(train_size, plan.seed, epoch, thorough=True)
         yield from train_batches(order, 0, 1, plan.batch)
         epoch += 1
 

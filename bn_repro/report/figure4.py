@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bn_repro import paper
-from bn_repro.evaluate import records as evaluations
+from bn_repro.evaluate import evaluations
 from bn_repro.report.runs import Run
 from bn_repro.report.tables import ORDER, Stat
 

@@ -232,6 +232,7 @@ def readme(runs: list[Run], paths: list[Path], verdicts: list[Verdict]) -> str:
         "summary.json; code, versions and hardware as each run's environment.json recorded them.",
         "",
         *_claims(verdicts),
+        *_short_runs(runs, verdicts),
         "",
         "## The runs",
         "",
@@ -256,6 +257,27 @@ def readme(runs: list[Run], paths: list[Path], verdicts: list[Verdict]) -> str:
         "Versions (first run): " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _short_runs(runs: list[Run], verdicts: list[Verdict]) -> list[str]:
+    """Where every run is shorter than the paper's fastest time to its target, what runs this
+    short can and cannot show of each claim."""
+    longest = max(run.summary.get("paper_steps", 0) for run in runs)
+    fastest = min(row.steps_to_target for row in paper.FIGURE_3 if row.steps_to_target)
+    if longest >= fastest:
+        return []
+    lines = [
+        "",
+        "## What runs this short can show",
+        "",
+        f"The longest of these runs is {longest:,.0f} paper steps; the paper's fastest network",
+        f"reached its target after {fastest / 1e6:.1f}M. Each claim, and what runs this short can",
+        "and cannot show of it:",
+        "",
+        "| claim | verdict | what runs this short can show |",
+        "| --- | --- | --- |",
+    ]
+    return lines + [f"| {v.claim} | {v.verdict} | {v.short_run} |" for v in verdicts]
 
 
 def _last_start(run_dir: Path) -> dict:

@@ -22,10 +22,10 @@ from bn_repro.train.compute import Compute, fused_optimizer, pick_compute, resol
 from bn_repro.train.distributed import Dist
 from bn_repro.train.environment import record_start
 from bn_repro.train.loop import Trainer, train_stream
+from bn_repro.train.metrics import Records
 from bn_repro.train.optim import build_optimizer, load_state
 from bn_repro.train.plan import Plan, Progress
 from bn_repro.train.probe import InputProbe
-from bn_repro.train.records import Records
 from bn_repro.train.schedule import schedule_table
 from bn_repro.train.step import GraphedStep
 
@@ -130,10 +130,10 @@ def wrap_ddp(
     model: torch.nn.Module, device: torch.device, stream: torch.cuda.Stream | None = None
 ) -> DistributedDataParallel:
     # Each rank keeps its own BN statistics, averaged before evaluations and checkpoints
-    # (loop.evaluate). torch 2.15 deprecates broadcast_buffers but advises keeping it for
-    # rank-local buffers until its replacement can skip the sync at construction. A step to be
-    # captured as a CUDA graph needs DDP built on the capture's side stream (torch's notes on
-    # CUDA graphs): `stream`, None for the current one.
+    # (loop.evaluate). Newer torch warns that broadcast_buffers is deprecated but advises keeping it
+    # for rank-local buffers until its replacement can skip the sync at construction. A step to be
+    # captured as a CUDA graph needs DDP built on the capture's side stream (torch's notes on CUDA
+    # graphs): `stream`, None for the current one.
     with warnings.catch_warnings(), torch.cuda.stream(stream):
         warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
         return DistributedDataParallel(
@@ -211,7 +211,7 @@ def resume(
 ) -> tuple[Progress, dict | None]:
     """Restore the latest checkpoint of run_dir into the model and optimizer, if there is one;
     where the run stands, and this rank's loader state."""
-    payload = checkpoint.load_latest(run_dir)
+    payload = checkpoint.load_agreed(run_dir)
     if payload is None:
         return Progress(), None
     saved, current = OmegaConf.create(payload["config"]), OmegaConf.create(resolved)

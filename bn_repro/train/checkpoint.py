@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically by rank 0, the last few kept, loaded as plain data only.
+"""Checkpoints: written atomically by rank 0, the last few kept, loaded as plain data only; the
+one a run resumes from is rank 0's choice, on every rank (load_agreed).
 
 Only the trainer's own names, step_<10 digits>.pt, are checkpoints to resume from; best.pt holds
 the best evaluation's weights, for `bn-repro evaluate`; any other file in checkpoints/ (a copy,
@@ -14,6 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from bn_repro.errors import UserError, explain_os_error
 from bn_repro.files import naming
@@ -150,6 +152,12 @@ def load_latest(run_dir: Path) -> dict | None:
     """The newest checkpoint that reads as one of this trainer's, or None for a fresh run; one
     that does not is reported in a warning and the one before it tried. Only tensors and plain
     data are read (weights_only), never code a file holds."""
+    found = newest_readable(run_dir)
+    return None if found is None else found[1]
+
+
+def newest_readable(run_dir: Path) -> tuple[Path, dict] | None:
+    """load_latest's checkpoint, and its path."""
     if strangers(run_dir):
         names = ", ".join(path.name for path in strangers(run_dir))
         log.info("left alone in %s (not named by this trainer): %s", checkpoint_dir(run_dir), names)
@@ -158,7 +166,7 @@ def load_latest(run_dir: Path) -> dict | None:
         payload, problem = read(path)
         if problem is None:
             log.info("resuming from %s", path)
-            return payload
+            return path, payload
         log.warning("checkpoint %s %s; trying the one before it", path, problem)
         problems.append(f"{path.name} {problem}")
     if found:
@@ -167,6 +175,44 @@ def load_latest(run_dir: Path) -> dict | None:
             f" from ({'; '.join(problems)}): move them away to train this run_dir from the start"
         )
     return None
+
+
+def load_agreed(run_dir: Path) -> dict | None:
+    """load_latest on every rank of the process group, of the one checkpoint rank 0 chose:
+    ranks that each listed run_dir would resume from different steps where their listings
+    differ (an NFS attribute cache a checkpoint behind, a run_dir that is not shared). Every
+    rank stops, with rank 0's CheckpointError or the reason a rank cannot read rank 0's choice."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return load_latest(run_dir)
+    choice: list = [None]
+    payload = None
+    if dist.get_rank() == 0:
+        try:
+            found = newest_readable(run_dir)
+        except CheckpointError as error:
+            choice[0] = error
+        else:
+            if found is not None:
+                choice[0], payload = found[0].name, found[1]
+    dist.broadcast_object_list(choice, src=0)
+    if isinstance(choice[0], CheckpointError):
+        raise choice[0]
+    if choice[0] is None:
+        return None
+    problem = None
+    if payload is None:
+        payload, problem = read(checkpoint_dir(run_dir) / choice[0])
+    problems: list = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    unread = [(rank, why) for rank, why in enumerate(problems) if why is not None]
+    if unread:
+        rank, why = unread[0]
+        raise CheckpointError(
+            f"rank 0 resumes from {checkpoint_dir(run_dir) / choice[0]}; on rank {rank} that"
+            f" file {why}: run_dir must be one folder that every node sees (a shared file"
+            " system), not a folder of each node's own"
+        )
+    return payload
 
 
 def read(path: Path) -> tuple[dict | None, str | None]:

@@ -1,7 +1,8 @@
 """Exact evaluation, one implementation for the trainer and `bn-repro evaluate`: top-1 and top-5
 as counts over every validation image once, summed over ranks and checked against the set's
 size (never a mean of per-rank ratios), and Algorithm 2's population statistics from the
-training batches that follow a run's last step."""
+training batches that follow a run's last step. Both run in fp32 whatever the training precision
+(fp32)."""
 
 import logging
 from collections.abc import Iterable, Iterator
@@ -70,17 +71,26 @@ class Tally:
         return Counts(int(top1), int(top5), int(count), loss)
 
 
+def fp32(device: torch.device):
+    """Evaluation's precision: fp32, also where training runs under bf16 autocast (the default
+    on CUDA, trainer.precision). An evaluation is a small share of a run's compute (one forward
+    pass over the validation set every trainer.eval_every_paper_steps), and its numbers are what
+    the report compares with the paper's: bf16's 8-bit mantissa moves logits near a tie."""
+    return torch.autocast(device.type, enabled=False)
+
+
 @torch.no_grad()
 def count_correct(model: nn.Module, batches: Iterable, compute: Compute, expected: int) -> Counts:
     """The model's single-crop predictions of this rank's validation batches, counted over all
-    ranks; the model evaluates outside DDP, in eval mode, and is back in its mode afterwards."""
+    ranks; the model evaluates outside DDP, in eval mode and fp32, and is back in its mode
+    afterwards."""
     training = model.training
     model.eval()
     tally = Tally(compute.device)
     try:
         for batch in batches:
             images, labels = compute.batch(*batch)
-            with compute.autocast():
+            with fp32(compute.device):
                 scores = model(images)
             tally.add(scores, labels)
     finally:
@@ -93,12 +103,12 @@ def population_bn(
     model: nn.Module, train_batches: Iterator, num_batches: int, compute: Compute, world_size: int
 ) -> Iterator[int]:
     """Algorithm 2: within the block the model's BN layers hold the population statistics of the
-    next num_batches training batches of this rank (moved to the device and run as a training
-    step runs them), averaged over the ranks; afterwards the running averages are back.
-    Yields the number of batches used."""
+    next num_batches training batches of this rank (moved to the device as a training step's, run
+    in fp32 as the evaluation that uses them), averaged over the ranks; afterwards the running
+    averages are back. Yields the number of batches used."""
     images = (compute.batch(*batch)[0] for batch in train_batches)
     with (
-        compute.autocast(),
+        fp32(compute.device),
         population_statistics(
             model, images, num_batches, lambda model: average_bn_statistics(model, world_size)
         ) as used,

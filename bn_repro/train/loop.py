@@ -22,9 +22,9 @@ from bn_repro.train import checkpoint
 from bn_repro.train.compute import Compute
 from bn_repro.train.distributed import Dist, all_reduce, average_bn_statistics
 from bn_repro.train.evaluation import count_correct, population_bn
+from bn_repro.train.metrics import Records
 from bn_repro.train.plan import Plan, Progress, update_best
 from bn_repro.train.probe import InputProbe
-from bn_repro.train.records import Records
 from bn_repro.train.schedule import lr_at
 from bn_repro.train.signals import STOP_STATUS, stop_code
 from bn_repro.train.step import GraphedStep, step_eagerly

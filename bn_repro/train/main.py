@@ -1,5 +1,6 @@
 """`bn-repro train`'s entry point: Hydra composes the config, train() runs it (run.py), and the
-outcome becomes the exit status: an error said in one line, a requeue, a user's stop."""
+outcome becomes the exit status. An error is said in one line; a requeue and a user's stop
+have exit statuses of their own."""
 
 import sys
 

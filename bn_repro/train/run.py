@@ -12,8 +12,8 @@ from bn_repro.errors import UserError
 from bn_repro.schema import RunConfig
 from bn_repro.train import lock
 from bn_repro.train.build import build_trainer
-from bn_repro.train.distributed import Dist, distributed
-from bn_repro.train.records import setup_logging
+from bn_repro.train.distributed import Dist, distributed_for
+from bn_repro.train.metrics import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def train(cfg: RunConfig, stop_signal: list) -> dict:
     arrives in stop_signal (signals.stop_on_signals fills it); the summary."""
     run_dir = Path(cfg.run_dir)
     with (
-        distributed(cfg.trainer.device, cfg.trainer.backend) as dist,
+        distributed_for(cfg.trainer) as dist,
         holding_run_dir(run_dir, dist),
     ):
         setup_logging(run_dir, dist.rank)

@@ -1,5 +1,6 @@
 """RUN_DIR/evaluations.jsonl: one JSON line per evaluation of the run by `bn-repro evaluate`,
-alone or in an ensemble, appended (never rewritten: metrics.jsonl stays the trainer's)."""
+alone or in an ensemble, appended. The file is never rewritten, and metrics.jsonl stays the
+trainer's alone."""
 
 import json
 import logging
