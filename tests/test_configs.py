@@ -208,6 +208,20 @@ def test_the_lr_preset_crosses_multipliers_with_and_without_bn_in_their_own_dire
     assert len({r.run_dir for r in runs}) == len(runs) == len(grid)
 
 
+@pytest.mark.parametrize("sweep", ["figure3", "lr_multipliers", "figure4"])
+def test_every_sweep_preset_trains_a_gpu_as_8_replicas_of_the_papers_bn_batch(sweep):
+    for run in composed_jobs(f"sweep={sweep}"):
+        batches = (run.trainer.batch_per_rank, run.trainer.bn_batch, run.trainer.global_batch)
+        assert batches == (256, paper.BATCH_SIZE, 256)
+        hp = effective_hparams(run)
+        assert (hp.lr_scale, hp.warmup_paper_steps) == (256 / paper.BATCH_SIZE, 0)
+        bn = run.model.norm.value == "batchnorm"
+        assert hp.bn_batch == (paper.BATCH_SIZE if bn else None)
+    # placement=ranks: back to ranks of the paper's 32 images
+    one = to_object(compose([f"sweep={sweep}", "placement=ranks", "experiment=bn_x5"]))
+    assert (one.trainer.batch_per_rank, one.trainer.global_batch) == (paper.BATCH_SIZE, None)
+
+
 def test_a_machines_local_config_applies_to_every_run(tmp_path, monkeypatch):
     configs = tmp_path / "configs"
     shutil.copytree(compose_module.CONFIG_DIR, configs)
