@@ -14,9 +14,10 @@ def describe(cfg: RunConfig, world_size: int = 1, images_per_s: float | None = N
     lines = [
         f"experiment: {cfg.name}",
         f"effective hyperparameters on {world_size} rank{'s' if world_size > 1 else ''}:",
-        f"  batch per rank  {hp.batch_per_rank} (BN normalizes over it; the paper's:"
-        f" {paper.BATCH_SIZE})",
-        f"  global batch    {hp.global_batch} = {hp.batch_per_rank} x {world_size} images per step",
+        f"  batch per rank  {hp.batch_per_rank} images a step",
+        _bn_batch(hp.bn_batch, hp.batch_per_rank),
+        f"  global batch    {hp.global_batch} = {hp.batch_per_rank} x {world_size} images per step"
+        " (the update)",
         f"  learning rate   {hp.lr:.6g} = {optim.base_lr:g} x {optim.lr_multiplier:g} (multiplier)"
         f" x {hp.lr_scale:g} ({optim.lr_scaling.value} scaling from the paper's batch)",
         f"  momentum        {hp.momentum:g}",
@@ -51,6 +52,15 @@ def describe(cfg: RunConfig, world_size: int = 1, images_per_s: float | None = N
     lines.append(f"parameters: {sum(p.numel() for p in model.parameters())}")
     lines.append(f"multiply-adds: {inference_macs}")
     return "\n".join(lines)
+
+
+def _bn_batch(bn_batch: int | None, batch_per_rank: int) -> str:
+    """The images BN normalizes over, and how a rank's batch holds them."""
+    if bn_batch is None:
+        return "  BN batch        - (no BN)"
+    groups = batch_per_rank // bn_batch
+    held = "the rank's batch" if groups == 1 else f"{groups} groups a rank (ghost BN)"
+    return f"  BN batch        {bn_batch} images, {held}; the paper's: {paper.BATCH_SIZE}"
 
 
 def _length(paper_steps: float, world_size: int, images_per_s: float | None) -> list[str]:

@@ -5,15 +5,16 @@ import math
 from dataclasses import dataclass
 
 from bn_repro import paper
-from bn_repro.schema import LrScaling, RunConfig
+from bn_repro.schema import LrScaling, Norm, RunConfig
 
 
 @dataclass(frozen=True)
 class EffectiveHparams:
     lr: float  # initial learning rate per optimizer step of global_batch images
     lr_scale: float  # how much lr differs from the paper's, for global_batch vs paper.BATCH_SIZE
-    batch_per_rank: int  # images each rank normalizes over (BN) and steps with
-    global_batch: int  # images per optimizer step over all ranks: batch_per_rank x world size
+    batch_per_rank: int  # images each rank steps with
+    bn_batch: int | None  # images BN normalizes over, a group of batch_per_rank; None: no BN
+    global_batch: int  # images per optimizer step over all ranks (the update): x world size
     momentum: float
     weight_decay: float  # L2 weight, on convolution and linear weights only
     lr_decay_factor: float
@@ -42,6 +43,7 @@ def effective_hparams(cfg: RunConfig, world_size: int = 1) -> EffectiveHparams:
         lr=optim.base_lr * optim.lr_multiplier * scale,
         lr_scale=scale,
         batch_per_rank=cfg.trainer.batch_per_rank,
+        bn_batch=bn_batch(cfg),
         global_batch=global_batch,
         momentum=optim.momentum,
         weight_decay=optim.weight_decay / optim.l2_divisor,
@@ -56,6 +58,21 @@ def effective_hparams(cfg: RunConfig, world_size: int = 1) -> EffectiveHparams:
         photometric=cfg.data.photometric.value,
         shuffle=cfg.data.shuffle.value,
     )
+
+
+def bn_batch(cfg: RunConfig) -> int | None:
+    """The images BN normalizes over: trainer.bn_batch, or a rank's whole batch where it is
+    null; None in a network without BN."""
+    if cfg.model.norm is not Norm.batchnorm:
+        return None
+    return cfg.trainer.bn_batch or cfg.trainer.batch_per_rank
+
+
+def bn_group(cfg: RunConfig) -> int | None:
+    """The BN group a rank's batch is cut into (ghost BN), or None where BN normalizes over the
+    whole batch (plain BN layers, the network as before groups existed)."""
+    group = bn_batch(cfg)
+    return None if group in (None, cfg.trainer.batch_per_rank) else group
 
 
 def sec_4_2_1_changes(cfg: RunConfig) -> list[str]:

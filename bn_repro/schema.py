@@ -201,7 +201,7 @@ class DataConfig:
 
 @dataclass
 class TrainerConfig:
-    batch_per_rank: int = positive()  # BN's batch; the global one is this x the ranks
+    batch_per_rank: int = positive()  # images a rank steps with; the global batch: x the ranks
     eval_batch_per_rank: int = positive()
     max_paper_steps: float = positive()
     eval_every_paper_steps: float = positive()
@@ -232,6 +232,16 @@ class TrainerConfig:
     fused_optimizer: bool | None = MISSING
     overlap_copy: bool | None = MISSING
     deterministic: bool = MISSING
+    # Images BN normalizes over: a rank's batch is cut into groups of bn_batch, each with its
+    # own mean and variance (ghost BN), as that many of the paper's replicas would. None: the
+    # rank's whole batch, what a config saved before this key trained with.
+    bn_batch: int | None = None
+    # The whole step (forward, backward, SGD) captured once as a CUDA graph and replayed
+    # (train/step.py); False in configs saved before this key.
+    cuda_graph: bool = False
+    # The update a run must train with, in images; None: whatever batch_per_rank x ranks gives.
+    # A run started on another number of ranks is refused (it would scale the rate otherwise).
+    global_batch: int | None = None
 
 
 @dataclass
@@ -265,10 +275,79 @@ def check(cfg: RunConfig) -> None:
             " without variance (torch's BN stops there: 'Expected more than 1 value per"
             " channel'); give trainer.batch_per_rank=2 or more (the paper's BN batch is 32)"
         )
+    check_bn_batch(cfg.trainer, cfg.model.norm)
+    check_cuda_graph(cfg.trainer)
     if cfg.model.per_activation_bn and cfg.model.norm is not Norm.batchnorm:
         raise ConfigError(
             f"model.per_activation_bn={cfg.model.per_activation_bn} asks for BN in a network"
             " without it: set model.norm=batchnorm, or model.per_activation_bn=[]"
+        )
+
+
+def check_bn_batch(trainer: TrainerConfig, norm: Norm) -> None:
+    """A rank's batch must cut into whole BN groups of at least two images; the update into
+    whole ranks' batches."""
+    batch, bn_batch = trainer.batch_per_rank, trainer.bn_batch
+    global_batch = trainer.global_batch
+    if global_batch is not None and (global_batch < 1 or global_batch % batch):
+        raise ConfigError(
+            f"trainer.global_batch={global_batch} is not a whole number of ranks'"
+            f" trainer.batch_per_rank={batch} images: make it a multiple of {batch}, or null"
+        )
+    if norm is not Norm.batchnorm or bn_batch is None:
+        return
+    if bn_batch < 2:
+        raise ConfigError(
+            f"trainer.bn_batch={bn_batch}: BN needs at least 2 images a group to have a"
+            " variance; give 2 or more (the paper's BN batch is 32)"
+        )
+    if batch % bn_batch:
+        raise ConfigError(
+            f"trainer.batch_per_rank={batch} is not a multiple of trainer.bn_batch={bn_batch}:"
+            " BN normalizes a rank's batch in whole groups of bn_batch images; make"
+            f" batch_per_rank a multiple of {bn_batch}, or set trainer.bn_batch={batch} (BN over"
+            " the whole batch: not the paper's)"
+        )
+    if trainer.probe_images and bn_batch != batch and trainer.probe_images % bn_batch:
+        raise ConfigError(
+            f"trainer.probe_images={trainer.probe_images} is not a multiple of"
+            f" trainer.bn_batch={bn_batch}: the probe runs its images through BN as a training"
+            f" step does, in groups of {bn_batch}; make it a multiple, or 0 (no probe)"
+        )
+
+
+# torch.compile's modes that capture CUDA graphs of their own, which cannot nest in the step's
+COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
+
+
+def check_cuda_graph(trainer: TrainerConfig) -> None:
+    """What trainer.cuda_graph cannot capture, known before the run starts."""
+    if not trainer.cuda_graph:
+        return
+    refusals = [
+        (trainer.device is Device.cpu, "trainer.device=cpu: CUDA graphs capture CUDA kernels"),
+        (
+            trainer.backend is Backend.gloo,
+            "trainer.backend=gloo: gloo's all-reduce runs on the host, outside any CUDA graph;"
+            " ranks sharing one GPU (which need gloo) train eagerly",
+        ),
+        (
+            trainer.fused_optimizer is False,
+            "trainer.fused_optimizer=false: the graph updates with fused SGD, the one kernel"
+            " that reads the learning rate from the device (the others read it on the host)",
+        ),
+        (
+            trainer.compile in COMPILE_MODES_WITH_GRAPHS,
+            f"trainer.compile={trainer.compile}: that mode captures CUDA graphs of its own (of"
+            " the forward and backward passes), which cannot nest in the step's graph; use"
+            " trainer.compile=default with it, or either alone",
+        ),
+    ]
+    reason = next((reason for refused, reason in refusals if refused), None)
+    if reason is not None:
+        raise ConfigError(
+            f"trainer.cuda_graph=true cannot work with {reason}: set trainer.cuda_graph=false,"
+            " or change that setting"
         )
 
 

@@ -46,6 +46,7 @@ TINY_RUN = [
     "data.synthetic.train_size=64",
     "data.synthetic.val_size=16",
     "trainer.batch_per_rank=8",
+    "trainer.bn_batch=8",
     "trainer.eval_batch_per_rank=16",
     "trainer.max_paper_steps=2",
     "trainer.eval_every_paper_steps=1",

@@ -2,7 +2,7 @@
 Hydra's submitit launcher (hydra/launcher=slurm) is not wanted:
 
     python slurm/submit_sweep.py [SBATCH_OPTION ...] -- OVERRIDE ...
-    python slurm/submit_sweep.py --gpus-per-node=8 --time=24:00:00 -- sweep=figure3 \\
+    python slurm/submit_sweep.py --gpus-per-node=1 --time=24:00:00 -- sweep=figure3 \\
         data=imagenet data.root=/data/ilsvrc2012-prepared
 
 The overrides are those of `bn-repro train -m`, presets (configs/sweep/) and sweep syntax

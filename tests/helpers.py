@@ -23,6 +23,7 @@ TINY = [
     "data.synthetic.train_size=256",
     "data.synthetic.val_size=101",  # odd, so two ranks split it unevenly
     "trainer.batch_per_rank=8",
+    "trainer.bn_batch=8",  # BN over each rank's 8 images (the paper's 32 would not divide it)
     "trainer.max_paper_steps=40",
     "trainer.eval_every_paper_steps=10",
     "trainer.log_every_paper_steps=5",
@@ -100,6 +101,7 @@ def on_small_set(root: Path) -> list[str]:
         "data.num_classes=6",
         "data.image_size=32",
         "trainer.batch_per_rank=8",
+        "trainer.bn_batch=8",
     ]
 
 

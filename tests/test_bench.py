@@ -7,6 +7,8 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,8 @@ from bn_repro.bench.commands import loader_data
 from bn_repro.bench.cost import Rate, cost_report
 from bn_repro.bench.device import dense_bf16_peak
 from bn_repro.bench.stepper import Stepper
-from bn_repro.bench.train import training_flops
+from bn_repro.bench.table import write_shared
+from bn_repro.bench.train import meet, training_flops
 from bn_repro.cli import main
 from bn_repro.schema import DataFormat, Device, Photometric, Shuffle
 from bn_repro.train.build import build_trainer
@@ -189,6 +192,11 @@ def test_the_benchmark_drives_the_trainer_through_its_stepper_alone():
         (["trainer.compile=fast"], "trainer.compile=fast is not a torch.compile mode"),
         (["--experiment", "bn_x7"], "Could not find 'experiment/bn_x7'"),
         (["--data", "dali", "--root", "nowhere"], "data.root=nowhere has no manifest.json"),
+        (["--batch", "64", "--bn-batch", "48"], "--bn-batch 48: give a number of images that"),
+        (["--start-together", "2"], "--start-together N and --meet-at DIR go together"),
+        (["--table", "--batch", "32"], "--table chooses the batches, data, modes and record"),
+        (["--table", "--modes", "eager,fast"], "--modes eager,fast: choose from eager, compiled"),
+        (["--table", "--shared", "1,two"], "--shared 1,two: give numbers of processes"),
     ],
 )
 def test_bench_train_refuses_bad_arguments(args, expected, capsys):
@@ -265,3 +273,104 @@ def test_the_cost_of_a_whole_figure_3_adds_up_its_variants():
     # to 72.2%: (31 + 13.3 + 2.1 + 2.7) M paper steps x 32 / 10,000 per s = 43.6 h (the sigmoid
     # never reaches it); five default runs of 31 M paper steps: 137.8 h
     assert report.splitlines()[-1] == "| total | | | | 43.6 | | 137.8 |"
+
+
+@pytest.mark.slow
+def test_bench_train_prints_the_table_of_a_sweep_on_a_cpu_with_the_gpu_cells_saying_why(tmp_path):
+    table = ["--table", "--size", "32", "--warmup", "1", "--steps", "1", "--groups", "2"]
+    options = ["--modes", "eager,compiled,graphed", "--shared", "2", "--out-dir", tmp_path]
+    result = subprocess.run(
+        [BN_REPRO, "bench", "train", *table, *options], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "| configuration | data | eager | compiled | graphed |" in lines
+    rows = {
+        tuple(line.split(" | ")[:2]): line.split(" | ")[2:] for line in lines if line[:3] == "| ("
+    }
+    paper_update = ("| (a) 32 a step, BN over 32 (the paper's update)", "synthetic")
+    groups = ("| (b) 64 a step in BN groups of 32", "synthetic")
+    for row in (paper_update, groups):  # measured on the CPU: eager, synthetic images
+        assert float(rows[row][0].replace(",", "")) > 0
+    reasons = {line.split("] ", 1)[1] for line in lines if line.startswith("[")}
+    assert reasons == {
+        "measured on GPUs only: inductor's CPU build of the network takes minutes, and its CPU"
+        " rate says nothing of a GPU sweep's",
+        "CUDA graphs capture CUDA kernels: they need a GPU",
+        "the GPU DALI pipeline (nvJPEG decoding) needs a GPU",
+        "processes sharing one GPU need a GPU",
+    }
+    assert all(
+        cell.startswith("- [")
+        for cell in rows[("| (a) x 2 processes sharing the GPU", "synthetic")]
+    )
+    record = json.loads((tmp_path / "train-cpu-bn_x5-synthetic-64-bn32-eager.json").read_text())
+    settings = record["settings"]
+    assert (settings["batch_per_gpu"], settings["bn_batch"], settings["mode"]) == (64, 32, "eager")
+    assert record["settings"]["config"]["trainer"]["bn_batch"] == 32
+    assert (tmp_path / "train-cpu-bn_x5-synthetic-32-bn32-eager.json").is_file()
+    cells = json.loads((tmp_path / "table-cpu-bn_x5.json").read_text())["results"]["cells"]
+    # rows: (a) and (b) on synthetic images and through DALI, and the row of --shared 2
+    assert len(cells) == 5 * 3 and sum(c["images_per_s_per_gpu"] is not None for c in cells) == 2
+
+
+def test_benchmarks_sharing_a_gpu_meet_before_their_timed_steps(tmp_path):
+    arrived, started = [], time.monotonic()
+
+    def benchmark(k: int) -> None:  # threads of one process: the same pid
+        time.sleep(0.2 * k)  # the second comes later
+        meet(2, tmp_path / "meet", timeout_s=10)
+        arrived.append(time.monotonic())
+
+    threads = [threading.Thread(target=benchmark, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(arrived) == 2 and max(arrived) - min(arrived) < 0.15  # both left together
+    assert min(arrived) - started >= 0.2  # the first waited for the second
+
+
+def test_processes_sharing_a_gpu_are_counted_over_their_common_span(tmp_path):
+    settings = {"experiment": "bn_x5", "steps": 10, "batch_per_gpu": 32, "processes_per_gpu": 1}
+    results = {"device": "GPU", "images_per_s_per_gpu": 300.0}  # each one's own rate
+    windows = ([100.0, 101.0], [100.5, 102.0])  # started together, not ended together
+    records = [{"settings": settings, "results": results | {"window_unix": w}} for w in windows]
+    out = tmp_path / "shared.json"
+    write_shared(out, records)
+    shared = json.loads(out.read_text())
+    # 2 x 10 steps x 32 images from the first start (100) to the last end (102)
+    assert shared["results"]["images_per_s_per_gpu"] == 320.0
+    assert shared["settings"]["processes_per_gpu"] == 2 and len(shared["results"]["processes"]) == 2
+
+
+def test_bench_cost_gives_a_sweeps_gpu_hours_per_configuration_measured_and_stated(
+    tmp_path, capsys
+):
+    h200 = "NVIDIA H200"
+    paths = [record(tmp_path / f"{k}.json", h200, "bn_x5", "dali", 8_000) for k in "ab"]
+    for path, batch, bn_batch, mode in ((paths[0], 32, 32, "eager"), (paths[1], 256, 32, None)):
+        saved = json.loads(path.read_text())
+        trainer = {"compile": "default", "cuda_graph": True}  # the mode where none is recorded
+        saved["settings"] |= {"batch_per_gpu": batch, "bn_batch": bn_batch, "mode": mode}
+        saved["settings"]["config"] = {"trainer": trainer}
+        path.write_text(json.dumps(saved))
+    stated = ["--stated", "256 a step in BN groups of 32 (target)=14,000"]
+    assert main(["bench", "cost", *map(str, paths), *stated]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # sweep=figure3: 3 seeds x (31 + 31 + 8 + 8 + 8) M paper steps x 32 images = 8.26 G images
+    assert "sweep=figure3, 15 runs of 8.26 G images in all" in lines[lines.index("") + 1]
+    rows = [line for line in lines if line.startswith(f"| {h200} |") or line.startswith("| - |")]
+    assert rows == [  # 8.256e9 images / 8,000 per s = 286.7 h; / 14,000 per s = 163.8 h
+        f"| {h200} | 256 a step in BN groups of 32 | compiled+graphed | bn_x5 | dali | 8,000 |"
+        " measured (b.json) | 286.7 |",
+        f"| {h200} | 32 a step, BN over 32 | eager | bn_x5 | dali | 8,000 | measured (a.json) |"
+        " 286.7 |",
+        "| - | 256 a step in BN groups of 32 (target) | - | - | - | 14,000 | stated | 163.8 |",
+    ]
+
+
+@pytest.mark.parametrize("stated", ["14000", "fast=", "fast=none", "fast=-3"])
+def test_bench_cost_refuses_a_stated_rate_it_cannot_read(stated, capsys):
+    assert main(["bench", "cost", "--stated", stated]) == 2
+    assert f"--stated {stated}: give CONFIGURATION=IMAGES_PER_S" in capsys.readouterr().err

@@ -68,3 +68,13 @@ def test_user_errors_exit_2_with_a_message_not_a_traceback(command, overrides, e
     assert result.stderr.startswith(f"bn-repro {command}: ")
     assert expected in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_describe_shows_the_bn_batch_apart_from_the_update(capsys):
+    assert main(["describe", "experiment=bn_x5", "trainer.batch_per_rank=256"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    bn = next(line for line in lines if line.startswith("  BN batch"))
+    assert bn.split(maxsplit=2)[2] == "32 images, 8 groups a rank (ghost BN); the paper's: 32"
+    assert any(line.split()[:3] == ["global", "batch", "256"] for line in lines)
+    assert main(["describe", "experiment=inception"]) == 0
+    assert "  BN batch        - (no BN)" in capsys.readouterr().out.splitlines()

@@ -15,6 +15,7 @@ from bn_repro.train.build import wrap_ddp
 from bn_repro.train.compute import fused_optimizer, pick_compute
 from bn_repro.train.distributed import Dist, distributed
 from bn_repro.train.optim import build_optimizer
+from bn_repro.train.step import GraphedStep
 from tests.helpers import model_of, run_config
 
 CPU = Dist(0, 1, 0, torch.device("cpu"), "single")
@@ -122,3 +123,13 @@ def test_the_network_compiles_as_one_graph_but_for_ddps_own_breaks():
     reasons = [str(b.reason) for b in explained.break_reasons]
     assert reasons and all("DDPOptimizer intentional graph-break" in r for r in reasons)
     assert explained.graph_count == explained.graph_break_count + 1  # DDP's splits alone
+
+
+def test_a_graphed_step_on_a_cpu_device_is_refused_with_the_reason():
+    # trainer.device=auto passes composition; on a machine without CUDA the run has the CPU
+    cfg = run_config("bn_x5", "trainer.cuda_graph=true")
+    compute = pick_compute(cfg, CPU)
+    model = model_of("bn_x5", num_classes=10)
+    optimizer = build_optimizer(model, effective_hparams(cfg), fused=False)
+    with pytest.raises(ConfigError, match="trainer.cuda_graph=true captures CUDA kernels, and"):
+        GraphedStep(model, optimizer, compute, stream=None)

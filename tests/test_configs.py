@@ -121,6 +121,40 @@ def test_learning_rate_scales_from_the_papers_batch_to_the_global_batch(rule, fa
             ["experiment=bn_x5", "trainer.batch_per_rank=1"],
             "trainer.batch_per_rank=1 with BN: BN normalizes each channel over the rank's batch",
         ),
+        (
+            ["experiment=bn_x5", "trainer.batch_per_rank=48"],
+            "trainer.batch_per_rank=48 is not a multiple of trainer.bn_batch=32: BN normalizes a"
+            " rank's batch in whole groups of bn_batch images; make batch_per_rank a multiple of"
+            " 32, or set trainer.bn_batch=48",
+        ),
+        (
+            ["experiment=bn_x5", "trainer.bn_batch=1"],
+            "trainer.bn_batch=1: BN needs at least 2 images a group to have a variance",
+        ),
+        (
+            ["experiment=bn_x5", "trainer.batch_per_rank=64", "trainer.probe_images=48"],
+            "trainer.probe_images=48 is not a multiple of trainer.bn_batch=32",
+        ),
+        (
+            ["experiment=bn_x5", "trainer.global_batch=100"],
+            "trainer.global_batch=100 is not a whole number of ranks' trainer.batch_per_rank=32",
+        ),
+        (
+            ["experiment=bn_x5", "trainer.cuda_graph=true", "trainer.device=cpu"],
+            "trainer.cuda_graph=true cannot work with trainer.device=cpu: CUDA graphs capture",
+        ),
+        (
+            ["experiment=bn_x5", "trainer.cuda_graph=true", "trainer.backend=gloo"],
+            "cannot work with trainer.backend=gloo: gloo's all-reduce runs on the host",
+        ),
+        (
+            ["experiment=bn_x5", "trainer.cuda_graph=true", "trainer.fused_optimizer=false"],
+            "cannot work with trainer.fused_optimizer=false: the graph updates with fused SGD",
+        ),
+        (
+            ["experiment=bn_x5", "trainer.cuda_graph=true", "trainer.compile=reduce-overhead"],
+            "cannot work with trainer.compile=reduce-overhead: that mode captures CUDA graphs of",
+        ),
     ],
 )
 def test_user_errors_say_what_to_fix(overrides, expected):
@@ -129,9 +163,18 @@ def test_user_errors_say_what_to_fix(overrides, expected):
     assert expected in str(error.value)
 
 
+def test_a_batch_that_is_no_multiple_of_the_bn_batch_is_refused_with_bn_only():
+    assert run_config("inception", "trainer.batch_per_rank=48").trainer.batch_per_rank == 48
+    grouped = run_config("bn_x5", "trainer.batch_per_rank=256", "trainer.global_batch=256")
+    assert (grouped.trainer.bn_batch, grouped.trainer.global_batch) == (paper.BATCH_SIZE, 256)
+    graphed = run_config("bn_x5", "trainer.cuda_graph=true", "trainer.compile=default")
+    assert graphed.trainer.cuda_graph  # compiled kernels, captured in the step's graph
+
+
 def test_one_image_per_rank_is_refused_with_bn_only():
     assert run_config("inception", "trainer.batch_per_rank=1").trainer.batch_per_rank == 1
-    assert run_config("bn_x5", "trainer.batch_per_rank=2").trainer.batch_per_rank == 2
+    two = run_config("bn_x5", "trainer.batch_per_rank=2", "trainer.bn_batch=2")
+    assert two.trainer.batch_per_rank == 2
 
 
 def test_an_experiment_given_twice_is_composed_from_the_last_with_a_warning(capsys):
@@ -163,6 +206,20 @@ def test_the_lr_preset_crosses_multipliers_with_and_without_bn_in_their_own_dire
     assert {1, 5, 30} <= {multiplier for _, multiplier in grid}
     assert grid == {(norm, m) for norm in ("none", "batchnorm") for _, m in grid}
     assert len({r.run_dir for r in runs}) == len(runs) == len(grid)
+
+
+@pytest.mark.parametrize("sweep", ["figure3", "lr_multipliers", "figure4"])
+def test_every_sweep_preset_trains_a_gpu_as_8_replicas_of_the_papers_bn_batch(sweep):
+    for run in composed_jobs(f"sweep={sweep}"):
+        batches = (run.trainer.batch_per_rank, run.trainer.bn_batch, run.trainer.global_batch)
+        assert batches == (256, paper.BATCH_SIZE, 256)
+        hp = effective_hparams(run)
+        assert (hp.lr_scale, hp.warmup_paper_steps) == (256 / paper.BATCH_SIZE, 0)
+        bn = run.model.norm.value == "batchnorm"
+        assert hp.bn_batch == (paper.BATCH_SIZE if bn else None)
+    # placement=ranks: back to ranks of the paper's 32 images
+    one = to_object(compose([f"sweep={sweep}", "placement=ranks", "experiment=bn_x5"]))
+    assert (one.trainer.batch_per_rank, one.trainer.global_batch) == (paper.BATCH_SIZE, None)
 
 
 def test_a_machines_local_config_applies_to_every_run(tmp_path, monkeypatch):

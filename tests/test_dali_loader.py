@@ -176,6 +176,7 @@ def test_training_with_dali_resumes_after_a_kill_as_if_never_killed(root, tmp_pa
             "data.dali_device=cpu",
             "data.workers=1",
             "trainer.batch_per_rank=8",
+            "trainer.bn_batch=8",
             "trainer.max_paper_steps=8",  # 32 steps of 8 images, 18 to an epoch
             "trainer.population_batches=4",
             "trainer.eval_every_paper_steps=4",

@@ -23,12 +23,13 @@ from bn_repro.hparams import effective_hparams
 from bn_repro.models import build_model
 from bn_repro.models.population_stats import batchnorms, recompute_population_stats
 from bn_repro.schema import DaliDecode, DaliDevice, DataFormat, DataLoaderKind, Device
+from bn_repro.train.build import build_trainer
 from bn_repro.train.checkpoint import load_latest
 from bn_repro.train.compute import pick_compute
 from bn_repro.train.distributed import Dist, all_reduce, distributed
-from bn_repro.train.loop import loss_of
 from bn_repro.train.metrics import read_metrics
 from bn_repro.train.optim import build_optimizer
+from bn_repro.train.step import GRAPH_WARMUP_STEPS, loss_of
 from tests.helpers import BIN, first_visible_gpu, prepared_set, run_config, share
 
 pytestmark = pytest.mark.gpu
@@ -373,6 +374,7 @@ def test_two_ranks_on_cuda_train_evaluate_checkpoint_and_resume(prepared_small, 
     run_dir = tmp_path / "run"
     launch = [BIN / "torchrun", "--standalone", "--nproc_per_node=2", "--no-python"]
     two = ["trainer.device=cuda", f"trainer.backend={backend}", "trainer.batch_per_rank=16"]
+    two.append("trainer.bn_batch=16")
     run([*launch, *train_command(prepared_small, run_dir, *two, "trainer.max_paper_steps=2")])
     saved = load_latest(run_dir)
     assert saved["progress"]["step"] == 2 and len(saved["loader"]) == 2
@@ -415,3 +417,112 @@ def test_a_compiled_run_crosses_evaluations_a_checkpoint_and_an_epoch_without_re
     assert compiled["mode"] == mode and compiled["step"] == 1 and compiled["first_step_s"] > 0
     assert max(r["epoch"] for r in records if r["kind"] == "eval") == 1
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+# A graphed step's comparison with the eager one: the smooth sigmoid variant (ReLU and max
+# pooling make the ReLU networks' gradients discontinuous: see tests/test_train.py's test of BN
+# groups) in fp32 and a small learning rate that ramps every step (warm-up), so that a rate
+# captured as a constant, or a captured first SGD step, would part the two at once; 64 images
+# in BN groups of 32.
+GRAPH_TEST = (
+    "experiment=bn_x5_sigmoid",
+    "data=synthetic",
+    "data.image_size=64",
+    "trainer.batch_per_rank=64",
+    "trainer.precision=fp32",
+    "trainer.probe_images=0",
+    "optim.lr_multiplier=0.2",
+    "optim.warmup_paper_steps=1000",
+)
+
+
+@pytest.fixture
+def one_rank(monkeypatch):
+    """A torchrun of one process (NCCL); monkeypatch takes back what distributed() sets."""
+    for name, value in [("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")]:
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "0")
+
+
+def train_steps(trainer, progress, count: int) -> list[torch.Tensor]:
+    """`count` of the trainer's steps, as Trainer.step takes them; their losses."""
+    losses = []
+    for _ in range(count):
+        images, labels = next(trainer.stream)
+        losses.append(trainer.train_step(images, labels, progress.step))
+        progress.step += 1
+    return losses
+
+
+def test_a_graphed_step_trains_as_the_eager_step_does_step_by_step(one_rank, tmp_path):
+    steps = GRAPH_WARMUP_STEPS + 6  # the capture, then replays
+    losses, states = {}, {}
+    for graphed in (False, True):
+        cfg = run_config(
+            *GRAPH_TEST, f"trainer.cuda_graph={graphed}", f"run_dir={tmp_path}/{graphed}"
+        )
+        with distributed(Device.cuda) as dist:
+            trainer, progress = build_trainer(cfg, dist, stop_signal=[])
+            losses[graphed] = [float(loss) for loss in train_steps(trainer, progress, steps)]
+            states[graphed] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+            assert (trainer.graphed is not None) == graphed
+        if graphed:
+            assert trainer.graphed.graph is not None  # captured at step GRAPH_WARMUP_STEPS
+    assert len(set(losses[True])) == steps  # each replay's own loss, not the last one's
+    # to float rounding (cuDNN's algorithms, atomic adds in some backward kernels)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    for name, tensor in states[False].items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(states[True][name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+        else:  # BN's batch counts: every replay counted
+            assert torch.equal(states[True][name], tensor), name
+
+
+def test_a_replayed_step_never_waits_for_the_host(one_rank, tmp_path):
+    cfg = run_config(*GRAPH_TEST, "trainer.cuda_graph=true", f"run_dir={tmp_path}")
+    with distributed(Device.cuda) as dist:
+        trainer, progress = build_trainer(cfg, dist, stop_signal=[])
+        train_steps(trainer, progress, GRAPH_WARMUP_STEPS + 1)  # warm-up and capture
+        images, labels = next(trainer.stream)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # raises at any call that waits for the GPU
+        try:
+            loss = trainer.train_step(images, labels, progress.step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isfinite(loss)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL takes one GPU a rank: needs two")
+def test_a_graphed_ddp_run_through_the_gpu_dali_pipeline_trains_as_the_eager_one(
+    prepared_small, tmp_path
+):
+    # two NCCL ranks of 32 images, DALI decoding on the GPU: 16 steps of 64 images (2 paper
+    # steps each) capture the step after 11 eager ones, with DDP's all-reduce in the graph
+    launch = [BIN / "torchrun", "--standalone", "--nproc_per_node=2", "--no-python"]
+    losses = {}
+    for graphed in (False, True):
+        run_dir = tmp_path / f"graphed_{graphed}"
+        overrides = (
+            "trainer.device=cuda",
+            "trainer.max_paper_steps=32",
+            f"trainer.cuda_graph={graphed}",
+        )
+        overrides += (
+            "experiment=bn_x5_sigmoid",
+            "trainer.precision=fp32",
+            "optim.lr_multiplier=0.2",
+        )
+        run(
+            [
+                *launch,
+                *train_command(
+                    prepared_small, run_dir, *overrides, "trainer.log_every_paper_steps=2"
+                ),
+            ]
+        )
+        records = read_metrics(run_dir)
+        losses[graphed] = [r["loss"] for r in records if r["kind"] == "train"]
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert len(losses[True]) == 16 and losses[True] == pytest.approx(losses[False], rel=1e-3)

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from bn_repro.models import build_model
 from bn_repro.models.population_stats import population_statistics, recompute_population_stats
-from tests.helpers import model_of
+from tests.helpers import model_of, run_config
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -80,3 +81,31 @@ def test_population_statistics_hold_within_the_block_and_the_running_ones_come_b
             model[0].running_mean, torch.stack([x.mean(0) for x in batches]).mean(0)
         )
     torch.testing.assert_close(model[0].running_mean, running)
+
+
+def test_over_groups_algorithm_2_averages_the_groups_of_bn_batch_images():
+    # a network that normalizes in groups of 4 (trainer.bn_batch): Algorithm 2's mini-batches
+    # are the groups, m = 4 images x the positions of a feature map, however many a batch holds
+    torch.manual_seed(0)
+    group = 4
+    cfg = run_config("bn_x5", "model.aux_heads=true")
+    model = build_model(cfg.model, 10, 64, bn_group=group).eval()
+    inputs = {bn: [] for bn in batchnorms(model)}
+    for bn in inputs:
+        bn.register_forward_pre_hook(lambda module, args: inputs[module].append(args[0].clone()))
+    batches = [torch.randn(3 * group, 3, 64, 64) * 2 + 1 for _ in range(2)]
+
+    assert recompute_population_stats(model, iter(batches), num_batches=2) == 2
+
+    for bn, seen in inputs.items():
+        groups = [part for x in seen for part in x.split(group)]  # 2 batches x 3 groups
+        assert len(groups) == 6
+        dims = [0] + list(range(2, groups[0].dim()))
+        m = groups[0].numel() // groups[0].shape[1]  # 4 images x p x q values per feature map
+        means = torch.stack([x.mean(dims) for x in groups])
+        variances = torch.stack([x.var(dims, unbiased=False) for x in groups])
+        torch.testing.assert_close(bn.running_mean, means.mean(0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            bn.running_var, m / (m - 1) * variances.mean(0), rtol=1e-4, atol=1e-5
+        )
+    assert all(bn.momentum == 0.1 for bn in batchnorms(model))

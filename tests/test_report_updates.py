@@ -222,3 +222,22 @@ def test_the_trainer_records_the_update_and_the_synthetic_set_in_the_summary():
     bf16 = Compute(torch.device("cpu"), torch.bfloat16, channels_last=False)
     summary = describe_run(run_config("bn_x5", "seed=3"), bf16)
     assert (summary["bn_batch"], summary["precision"], summary["synthetic"]) == (32, "bf16", None)
+
+
+def test_a_rank_of_bn_groups_of_32_is_the_papers_bn_and_no_dagger(tmp_path):
+    # 256 images a GPU in BN groups of 32 (trainer.bn_batch): the summary says BN batch 32, and
+    # the report marks only a run whose BN normalizes over another number of images
+    cpu = Compute(torch.device("cpu"), None, channels_last=False)
+    grouped = describe_run(run_config("bn_x5", "trainer.batch_per_rank=256"), cpu)
+    assert (grouped["batch_per_rank"], grouped["bn_batch"]) == (256, 32)
+    assert describe_run(run_config("inception"), cpu)["bn_batch"] is None
+    root = tmp_path / "runs"
+    at_256 = {"batch": 256, "global_batch": 256}
+    record(root, "inception", "inception", 0, [(100, 0.5)], **at_256)
+    record(root, "bn_x5", "bn_x5", 0, [(100, 0.6)], **at_256, bn_batch=grouped["bn_batch"])
+    write_report([root], tmp_path / "out")
+    markdown = (tmp_path / "out" / "figure3.md").read_text()
+    assert "| bn_x5 |" in markdown and "†" not in markdown
+    record(root, "bn_x30", "bn_x30", 0, [(100, 0.6)], **at_256)  # BN over all 256 images
+    write_report([root], tmp_path / "out2")
+    assert "| bn_x30 † |" in (tmp_path / "out2" / "figure3.md").read_text()

@@ -5,7 +5,10 @@ GPU memory, the host synchronizations inside a step and the model FLOP utilizati
 
 import dataclasses
 import math
+import os
 import tempfile
+import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +42,27 @@ class TrainBench:
     steps: int  # steps timed
     profile_steps: int  # steps under the torch profiler after the timed ones; 0: none
     profile_out: Path  # the trace (.trace.json.gz) and table (.profile.txt) go beside this
+    # (processes, folder): so many benchmarks sharing the GPU start their timed steps together,
+    # meeting in the folder (the table's processes sharing one GPU); None: alone
+    start_together: tuple[int, Path] | None = None
 
 
 def overrides(
-    experiment: str, data: str, root: Path | None, size: int, batch: int, world_size: int
+    experiment: str,
+    data: str,
+    root: Path | None,
+    size: int,
+    batch: tuple[int, int],
+    world_size: int,
 ) -> list[str]:
-    """The config of the benchmark: the experiment at image size `size` and `batch` images per
-    rank, on synthetic images or the prepared set at root read by the DALI or torchvision loader."""
-    global_batch = batch * world_size
+    """The config of the benchmark: the experiment at image size `size` and batch = (images per
+    rank, BN batch), on synthetic images or the prepared set at root read by the DALI or
+    torchvision loader."""
+    global_batch = batch[0] * world_size
     common = [
         f"experiment={experiment}",
-        f"trainer.batch_per_rank={batch}",
+        f"trainer.batch_per_rank={batch[0]}",
+        f"trainer.bn_batch={batch[1]}",
         f"data.image_size={size}",
         "trainer.probe_images=0",  # it never evaluates: no input-distribution probe to build
     ]
@@ -115,19 +128,39 @@ def _measure(trainer: Trainer, progress: Progress, bench: TrainBench) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     stepper.advance(bench.warmup)
     host_syncs = _host_syncs(stepper) if cuda else None
+    if bench.start_together is not None:
+        if cuda:
+            torch.cuda.synchronize(device)  # warmed up before the others' clocks start
+        meet(*bench.start_together)
+    started = time.time()
     window = stepper.time(bench.steps)
+    window_unix = [started, time.time()]  # to add up processes that share the GPU
     measured = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "images_per_s": window["images_per_s"],
         "data_wait": round(window["data_wait"], 4),
         "loss": window["loss"] if math.isfinite(window["loss"]) else None,
         "host_syncs_in_a_step": host_syncs,
+        "window_unix": window_unix,
         **_memory(device),
         "resolved": resolved_switches(trainer.compute, trainer.optimizer),
     }
     if bench.profile_steps:
         measured["profile"] = _profile(trainer, stepper, bench, cuda)
     return measured
+
+
+def meet(processes: int, folder: Path, timeout_s: float = 3600) -> None:
+    """Wait until `processes` benchmarks (this one among them) have come here: each leaves a
+    file in folder, named apart by process and call. An hour at most: every process may compile
+    first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{os.getpid()}-{uuid.uuid4().hex}.ready").touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(folder.glob("*.ready"))) < processes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{processes} benchmarks were to meet in {folder} within an hour")
+        time.sleep(0.05)
 
 
 def _host_syncs(stepper: Stepper) -> list[str]:

@@ -8,5 +8,9 @@ from bn_repro.models.inception import Inception
 from bn_repro.schema import ModelConfig
 
 
-def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
-    return Inception(cfg, num_classes, image_size)
+def build_model(
+    cfg: ModelConfig, num_classes: int, image_size: int, bn_group: int | None = None
+) -> nn.Module:
+    """bn_group: BN normalizes training batches in groups of this many images (ghost BN,
+    models/ghost_bn.py); None: over the whole batch, with torch's own BN layers."""
+    return Inception(cfg, num_classes, image_size, bn_group)

@@ -109,11 +109,13 @@ class AuxHead(nn.Module):
 
 class Inception(nn.Module):
     """Fig. 5 for image_size x image_size inputs. In training with aux heads on, forward returns
-    (logits, aux_logits)."""
+    (logits, aux_logits). bn_group: BN's images per group in training (None: the batch)."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int, image_size: int):
+    def __init__(
+        self, cfg: ModelConfig, num_classes: int, image_size: int, bn_group: int | None = None
+    ):
         super().__init__()
-        style = NormAct(cfg.norm, cfg.activation, cfg.bn_eps, cfg.bn_momentum)
+        style = NormAct(cfg.norm, cfg.activation, cfg.bn_eps, cfg.bn_momentum, bn_group=bn_group)
         per_activation = _per_activation_sizes(cfg.per_activation_bn, image_size)
         trunk = OrderedDict(conv1=_first_conv(cfg.stem, style))
         # Stride-2 pools pad by 1 so they halve any size exactly as the stride-2 convolutions do.

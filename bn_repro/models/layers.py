@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bn_repro.models.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, grouped_batch_norm
 from bn_repro.schema import Activation, Norm
 
 
@@ -20,9 +21,12 @@ class PerActivationBatchNorm(nn.BatchNorm1d):
     Sec. 4.2.3's "non-convolutional, per-activation Batch Normalization", which some ensemble
     members use in their last hidden layers. The maps' size is fixed at construction."""
 
-    def __init__(self, channels: int, size: int, eps: float, momentum: float):
+    def __init__(
+        self, channels: int, size: int, eps: float, momentum: float, group: int | None = None
+    ):
         super().__init__(channels * size * size, eps=eps, momentum=momentum)
         self.map_shape = (channels, size, size)
+        self.group = group  # images per BN group in training (ghost_bn.py); None: the batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.map_shape:
@@ -30,7 +34,11 @@ class PerActivationBatchNorm(nn.BatchNorm1d):
                 f"per-activation BN of {self.map_shape} maps got {tuple(x.shape[1:])}: the"
                 " network was built for another image size (data.image_size)"
             )
-        out = super().forward(x.flatten(1)).view(x.shape)
+        flat = x.flatten(1)
+        if self.training and self.group is not None:
+            out = grouped_batch_norm(self, flat, self.group).view(x.shape)
+        else:
+            out = super().forward(flat).view(x.shape)
         if x.is_contiguous(memory_format=torch.channels_last):  # as the layers around it
             out = out.contiguous(memory_format=torch.channels_last)
         return out
@@ -40,13 +48,15 @@ class PerActivationBatchNorm(nn.BatchNorm1d):
 class NormAct:
     """How every weight layer ends: optional BN on the pre-activation, then the nonlinearity.
     per_activation_size: the size of the (square) maps whose BN normalizes per activation; None:
-    convolutional BN."""
+    convolutional BN. bn_group: images per BN group in training (ghost BN, ghost_bn.py); None:
+    plain BN over the whole batch."""
 
     norm: Norm
     activation: Activation
     bn_eps: float
     bn_momentum: float
     per_activation_size: int | None = None
+    bn_group: int | None = None
 
     def conv(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Module:
         conv = nn.Conv2d(
@@ -61,14 +71,20 @@ class NormAct:
 
     def linear(self, in_features: int, out_features: int) -> nn.Module:
         linear = nn.Linear(in_features, out_features, bias=self.norm is Norm.none)
-        bn = nn.BatchNorm1d(out_features, eps=self.bn_eps, momentum=self.bn_momentum)
+        eps, momentum, group = self.bn_eps, self.bn_momentum, self.bn_group
+        if group is None:
+            bn = nn.BatchNorm1d(out_features, eps=eps, momentum=momentum)
+        else:
+            bn = GhostBatchNorm1d(out_features, group, eps, momentum)
         return self._finish(linear, bn)
 
     def _conv_bn(self, channels: int) -> nn.Module:
-        if self.per_activation_size is None:
-            return nn.BatchNorm2d(channels, eps=self.bn_eps, momentum=self.bn_momentum)
-        size = self.per_activation_size
-        return PerActivationBatchNorm(channels, size, self.bn_eps, self.bn_momentum)
+        eps, momentum, group = self.bn_eps, self.bn_momentum, self.bn_group
+        if self.per_activation_size is not None:
+            return PerActivationBatchNorm(channels, self.per_activation_size, eps, momentum, group)
+        if group is None:
+            return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+        return GhostBatchNorm2d(channels, group, eps, momentum)
 
     def _finish(self, layer: nn.Module, bn: nn.Module) -> nn.Sequential:
         parts = OrderedDict(layer=layer)

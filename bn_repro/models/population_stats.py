@@ -24,7 +24,9 @@ def recompute_population_stats(
 
     E[x] is the mean of the mini-batch means and Var[x] = m/(m-1) times the mean of the
     mini-batch variances: with momentum 1 a BN layer's running statistics are its mini-batch's
-    mean and unbiased variance, which a hook adds up after each of its passes. All on the device:
+    mean and unbiased variance, which a hook adds up after each of its passes; a layer that
+    normalizes in groups (ghost BN, ghost_bn.py) holds its groups' mean statistics, so that
+    Algorithm 2's mini-batches are the groups of m = bn_batch images. All on the device:
     PyTorch's own cumulative average (momentum=None) reads the batch count on the host in every
     layer, a wait for the GPU some 70 times a batch. The model runs as in training (auxiliary
     heads too), but for dropout, which would change what later layers see. Returns the number of

@@ -13,10 +13,10 @@ from torch.nn.parallel import DistributedDataParallel
 from bn_repro import paper
 from bn_repro.data import DataSource, Share, build_data
 from bn_repro.data.fixed import fixed_train_batch
-from bn_repro.hparams import effective_hparams, recipe
+from bn_repro.hparams import bn_batch, bn_group, effective_hparams, recipe
 from bn_repro.models import build_model
 from bn_repro.models.inception import probe_blocks
-from bn_repro.schema import ConfigError, DataKind, Norm, RunConfig
+from bn_repro.schema import ConfigError, DataKind, RunConfig
 from bn_repro.train import checkpoint
 from bn_repro.train.compute import Compute, fused_optimizer, pick_compute, resolved_switches
 from bn_repro.train.distributed import Dist
@@ -27,11 +27,20 @@ from bn_repro.train.optim import build_optimizer, load_state
 from bn_repro.train.plan import Plan, Progress
 from bn_repro.train.probe import InputProbe
 from bn_repro.train.schedule import schedule_table
+from bn_repro.train.step import GraphedStep
 
 log = logging.getLogger(__name__)
 
 # A resumed run must train the same thing; the trainer's other keys may change between starts.
-RESUME_MUST_MATCH = ("name", "seed", "model", "optim", "data", "trainer.batch_per_rank")
+RESUME_MUST_MATCH = (
+    "name",
+    "seed",
+    "model",
+    "optim",
+    "data",
+    "trainer.batch_per_rank",
+    "trainer.bn_batch",
+)
 
 
 def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Trainer, Progress]:
@@ -41,7 +50,8 @@ def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Traine
     run_dir = Path(cfg.run_dir)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     hp = effective_hparams(cfg, dist.world_size)
-    warn_if_bn_batch_differs(cfg.trainer.batch_per_rank, cfg.model.norm)
+    check_global_batch(cfg.trainer.global_batch, hp.global_batch, dist.world_size)
+    warn_if_bn_batch_differs(hp.bn_batch)
     compute = pick_compute(cfg, dist)
     model = build_run_model(cfg, compute)
     optimizer = build_optimizer(model, hp, fused=fused_optimizer(cfg, dist))
@@ -55,7 +65,9 @@ def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Traine
     records.write_file("effective_hparams.json", vars(hp))
     records.write_file("schedule.json", schedule_table(hp, plan.max_paper_steps))
     record_start(run_dir, dist, dist.is_main, resolved_switches(compute, optimizer))
-    ddp = wrap_ddp(model, compute.device)
+    # a graphed step warms up and is captured on the stream DDP was built on (step.py)
+    graph_stream = torch.cuda.Stream(compute.device) if cfg.trainer.cuda_graph else None
+    ddp = wrap_ddp(model, compute.device, graph_stream)
     forward = torch.compile(ddp, mode=cfg.trainer.compile) if cfg.trainer.compile else ddp
     trainer = Trainer(
         model,
@@ -74,6 +86,7 @@ def build_trainer(cfg: RunConfig, dist: Dist, stop_signal: list) -> tuple[Traine
         stop_signal=stop_signal,
         compile_mode=cfg.trainer.compile,
         probe=build_probe(cfg, model, data, compute) if dist.is_main else None,
+        graphed=GraphedStep(forward, optimizer, compute, graph_stream) if graph_stream else None,
     )
     return trainer, progress
 
@@ -93,7 +106,7 @@ def build_run_model(cfg: RunConfig, compute: Compute) -> torch.nn.Module:
     """The run's network, initialized from its seed (the same weights on every rank), on the
     device in the step's memory format."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.data.num_classes, cfg.data.image_size)
+    model = build_model(cfg.model, cfg.data.num_classes, cfg.data.image_size, bn_group(cfg))
     return model.to(compute.device, memory_format=compute.memory_format)
 
 
@@ -113,11 +126,15 @@ def build_run_data(
     return build_data(cfg.data, share, loader_state)
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+def wrap_ddp(
+    model: torch.nn.Module, device: torch.device, stream: torch.cuda.Stream | None = None
+) -> DistributedDataParallel:
     # Each rank keeps its own BN statistics, averaged before evaluations and checkpoints
     # (loop.evaluate). Newer torch warns that broadcast_buffers is deprecated but advises keeping it
-    # for rank-local buffers until its replacement can skip the sync at construction.
-    with warnings.catch_warnings():
+    # for rank-local buffers until its replacement can skip the sync at construction. A step to be
+    # captured as a CUDA graph needs DDP built on the capture's side stream (torch's notes on CUDA
+    # graphs): `stream`, None for the current one.
+    with warnings.catch_warnings(), torch.cuda.stream(stream):
         warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
         return DistributedDataParallel(
             model,
@@ -143,20 +160,34 @@ def describe_run(cfg: RunConfig, compute: Compute) -> dict:
         "data": cfg.data.root or cfg.data.kind.value,
         "num_classes": cfg.data.num_classes,
         "synthetic": synthetic,
-        "bn_batch": cfg.trainer.batch_per_rank,  # the images BN normalizes over
+        "bn_batch": bn_batch(cfg),  # the images BN normalizes over; None without BN
         "precision": "fp32" if compute.autocast_dtype is None else "bf16",  # as it trained
     }
 
 
-def warn_if_bn_batch_differs(batch_per_rank: int, norm: Norm) -> None:
-    if batch_per_rank != paper.BATCH_SIZE and norm is Norm.batchnorm:
+def warn_if_bn_batch_differs(bn_batch: int | None) -> None:
+    if bn_batch not in (None, paper.BATCH_SIZE):
         log.warning(
-            "trainer.batch_per_rank=%d: BN normalizes over %d images per rank, the paper over %d"
-            " (Sec. 4.2), so this network's BN differs from the paper's; the report marks the run",
-            batch_per_rank,
-            batch_per_rank,
+            "BN normalizes over %d images (trainer.bn_batch), the paper over %d (Sec. 4.2), so"
+            " this network's BN differs from the paper's; the report marks the run",
+            bn_batch,
             paper.BATCH_SIZE,
         )
+
+
+def check_global_batch(wanted: int | None, global_batch: int, world_size: int) -> None:
+    """A config that fixes the update (trainer.global_batch) starts on the ranks that give it:
+    on others the learning rate would scale to another update."""
+    if wanted is None or wanted == global_batch:
+        return
+    per_rank = global_batch // world_size
+    ranks = f"{world_size} rank{'s' * (world_size > 1)} of {per_rank} images"
+    fits = f" or trainer.batch_per_rank={wanted // world_size}," if wanted % world_size == 0 else ""
+    raise ConfigError(
+        f"trainer.global_batch={wanted}, and {ranks} give {global_batch}: start it on"
+        f" {wanted // per_rank} rank(s) (hydra.launcher.gpus_per_node, sbatch --gpus-per-node),"
+        f"{fits} or trainer.global_batch=null to train the update these ranks give"
+    )
 
 
 def make_plan(cfg: RunConfig, global_batch: int) -> Plan:
@@ -184,6 +215,11 @@ def resume(
     if payload is None:
         return Progress(), None
     saved, current = OmegaConf.create(payload["config"]), OmegaConf.create(resolved)
+    if OmegaConf.select(saved, "trainer.bn_batch") is None:
+        # saved before the key, or null: BN normalized over each rank's whole batch
+        saved.trainer.bn_batch = saved.trainer.batch_per_rank
+    if OmegaConf.select(current, "trainer.bn_batch") is None:
+        current.trainer.bn_batch = current.trainer.batch_per_rank
     differing = [
         key
         for key in RESUME_MUST_MATCH

@@ -12,13 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.distributed import ReduceOp
-from torch.nn import functional as F
 
 from bn_repro import paper
 from bn_repro.data import DataSource
 from bn_repro.data.synthetic import Batch
 from bn_repro.hparams import EffectiveHparams
-from bn_repro.models.inception import AUX_WEIGHT
 from bn_repro.models.population_stats import batchnorms
 from bn_repro.train import checkpoint
 from bn_repro.train.compute import Compute
@@ -29,6 +27,7 @@ from bn_repro.train.plan import Plan, Progress, update_best
 from bn_repro.train.probe import InputProbe
 from bn_repro.train.schedule import lr_at
 from bn_repro.train.signals import STOP_STATUS, stop_code
+from bn_repro.train.step import GraphedStep, step_eagerly
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,7 @@ class Trainer:
     stop_signal: list = field(default_factory=list)  # filled by signals.stop_on_signals
     compile_mode: str | None = None  # torch.compile's, when `forward` is compiled
     probe: InputProbe | None = None  # input distributions at every evaluation (rank 0)
+    graphed: GraphedStep | None = None  # the step as a CUDA graph (trainer.cuda_graph)
     window: "Window" = field(init=False, default_factory=lambda: Window(time.perf_counter()))
     last_checkpoint: float = field(init=False, default_factory=time.monotonic)
 
@@ -125,15 +125,12 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
         lr = lr_at(self.plan.paper_steps(step), self.hp)
+        if self.graphed is not None:
+            return self.graphed(images, labels, lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images, labels = self.compute.batch(images, labels)
-        with self.compute.autocast():
-            loss = loss_of(self.forward(images), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        return step_eagerly(self.forward, self.optimizer, self.compute.autocast, images, labels)
 
     def agree(self) -> tuple[int, bool, bool]:
         """All ranks act alike: stop if any got a signal (0, PREEMPTED or STOPPED), checkpoint
@@ -325,14 +322,6 @@ def train_stream(data: DataSource, progress: Progress) -> Iterator[Batch]:
             yield batch
         progress.epoch += 1
         progress.batch_in_epoch = 0
-
-
-def loss_of(output, labels: torch.Tensor) -> torch.Tensor:
-    if isinstance(output, tuple):  # training with GoogLeNet's auxiliary heads
-        logits, aux_logits = output
-        aux = sum(F.cross_entropy(aux.float(), labels) for aux in aux_logits)
-        return F.cross_entropy(logits.float(), labels) + AUX_WEIGHT * aux
-    return F.cross_entropy(output.float(), labels)
 
 
 @dataclass
