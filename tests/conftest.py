@@ -6,7 +6,6 @@ suite: it hides every GPU from itself and from the processes its tests start, so
 `auto` switches resolve to the CPU on a GPU machine too, and skips the gpu tests it selected
 (`make test` runs both sessions)."""
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -39,17 +38,18 @@ def pytest_itemcollected(item):
 # (a trained run, a prepared set) are made once, and the SLURM modules, which start the one local
 # cluster's daemons, run one after the other on the same worker: first, being the longest.
 SLURM_MODULES = {"test_slurm.py", "test_nodes.py"}
-if importlib.util.find_spec("xdist"):
 
-    def pytest_xdist_make_scheduler(config, log):
-        from xdist.scheduler import LoadFileScheduling
 
-        class ByModule(LoadFileScheduling):
-            def _split_scope(self, nodeid: str) -> str:
-                module = super()._split_scope(nodeid)
-                return "slurm" if Path(module).name in SLURM_MODULES else module
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown without it (-p no:xdist)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
 
-        return ByModule(config, log)
+    class ByModule(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "slurm" if Path(module).name in SLURM_MODULES else module
+
+    return ByModule(config, log)
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected

@@ -126,7 +126,7 @@ def test_under_xdist_a_module_stays_on_one_worker_and_the_slurm_modules_share_on
     # They start the one local cluster's daemons: on two workers at once they break each other.
     pytester.makeconftest(Path(__file__).with_name("conftest.py").read_text())
     pytester.makeini("[pytest]\naddopts = --strict-markers\nmarkers =\n    gpu: CUDA")
-    worker = 'def test_{}():\n    print("ran on", os.environ["PYTEST_XDIST_WORKER"])\n'
+    worker = 'def test_{}():\n    print("ran on", os.environ.get("PYTEST_XDIST_WORKER"))\n'
     for module in ("test_slurm", "test_nodes", "test_other"):
         tests = "\n\n".join(worker.format(n) for n in range(4))
         pytester.makepyfile(**{module: "import os\n\n\n" + tests})
@@ -138,3 +138,6 @@ def test_under_xdist_a_module_stays_on_one_worker_and_the_slurm_modules_share_on
             ran.setdefault(line.split("::")[0].split()[-1], set()).add(line.split()[0])
     assert all(len(workers) == 1 for workers in ran.values()), ran
     assert ran["test_slurm.py"] == ran["test_nodes.py"]
+    # and without xdist, the scheduler's hook is no error (-p no:xdist, or xdist not installed)
+    alone = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
+    alone.assert_outcomes(passed=12)
