@@ -16,17 +16,20 @@ that reads that log (sacct --completion): a job's state once it has ended, none 
 """
 
 import argparse
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("slurmd", "slurmctld", "munged")  # in the order they stop
+INSTALL_LOCK = Path(tempfile.gettempdir()) / "bn-repro-slurm-install.lock"
 # submitit's sacct calls, answered from the job completion log
 SACCT = """#!/bin/sh
 exec {sacct} --completion "$@"
@@ -207,17 +210,25 @@ PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         return found
 
 
+def installed() -> bool:
+    return all(shutil.which(command) for command in ("slurmctld", "slurmd", "munged", "sbatch"))
+
+
 def install() -> None:
-    if all(shutil.which(command) for command in ("slurmctld", "slurmd", "munged", "sbatch")):
+    if installed():
         return
     if os.geteuid() != 0:
         raise SlurmError(f"SLURM is not installed: run as root, or apt-get install {PACKAGES}")
     environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "--quiet"], env=environment)
-    run(
-        ["apt-get", "install", "--quiet", "--yes", "--no-install-recommends", *PACKAGES],
-        env=environment,
-    )
+    with INSTALL_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two clusters started at once: one apt-get, not two
+        if installed():
+            return
+        run(["apt-get", "update", "--quiet"], env=environment)
+        run(
+            ["apt-get", "install", "--quiet", "--yes", "--no-install-recommends", *PACKAGES],
+            env=environment,
+        )
 
 
 def run(command: list[str], env: dict | None = None, capture: bool = False) -> str:

@@ -35,26 +35,17 @@ def pytest_itemcollected(item):
 
 
 # Under pytest-xdist (make test), each module's tests run on one worker, where its module fixtures
-# (a trained run, a prepared set) are made once, and the SLURM modules, which start the one local
-# cluster's daemons, run one after the other on the same worker: first, being the longest.
-SLURM_MODULES = {"test_slurm.py", "test_nodes.py"}
-
-
+# (a trained run, a prepared set, a local SLURM) are made once; xdist hands out the modules with
+# the most tests first.
 @pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown without it (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadFileScheduling
 
-    class ByModule(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = super()._split_scope(nodeid)
-            return "slurm" if Path(module).name in SLURM_MODULES else module
-
-    return ByModule(config, log)
+    return LoadFileScheduling(config, log)
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: Path(item.path).name not in SLURM_MODULES)  # stable: SLURM first
     if items and all(item.get_closest_marker("gpu") for item in items):
         _gpu_session(items)
     else:

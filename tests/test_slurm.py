@@ -290,3 +290,31 @@ def test_the_submitter_refuses_a_sweep_whose_runs_share_a_directory(tmp_path):
     )
     assert result.returncode == 2 and result.stdout == ""
     assert f"2 jobs would share run_dir {tmp_path}/bn_baseline" in result.stderr
+
+
+FAKE_APT = """#!/bin/sh
+echo "$@" >> "$APT_LOG"
+[ "$1" = install ] || exit 0
+/bin/sleep 1
+for command in slurmctld slurmd munged sbatch; do
+    echo '#!/bin/sh' > "$FAKE_BIN/$command" && /bin/chmod +x "$FAKE_BIN/$command"
+done
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="installs as root only")
+def test_two_clusters_started_at_once_install_slurm_once(tmp_path):
+    # the two SLURM modules start their clusters on two test workers at once: on a machine
+    # without SLURM, two apt-gets at once would fight over dpkg's lock
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "apt-get").write_text(FAKE_APT)
+    (fake_bin / "apt-get").chmod(0o755)
+    env = {**os.environ, "PATH": str(fake_bin), "FAKE_BIN": str(fake_bin)}
+    env["APT_LOG"] = str(tmp_path / "apt.log")
+    project = Path(__file__).resolve().parent.parent
+    install = [sys.executable, "-c", "from scripts.local_slurm import install; install()"]
+    starts = [subprocess.Popen(install, cwd=project, env=env) for _ in range(2)]
+    assert [start.wait(timeout=60) for start in starts] == [0, 0]
+    calls = (tmp_path / "apt.log").read_text().splitlines()
+    assert [call.split()[0] for call in calls] == ["update", "install"], calls
