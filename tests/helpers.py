@@ -1,6 +1,11 @@
+import atexit
+import multiprocessing
+import os
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -55,6 +60,65 @@ def run_config(experiment: str, *overrides: str) -> RunConfig:
 def model_of(experiment: str, *overrides: str, num_classes: int = 1000) -> nn.Module:
     cfg = run_config(experiment, *overrides)
     return build_model(cfg.model, num_classes, cfg.data.image_size)
+
+
+# `bn-repro` as a process of its own, as users start it (its environment, working directory, exit
+# status and output), forked from a server process that imported the package once: each command
+# skips the seconds that importing torch, torchvision, DALI and Hydra take. The forkserver forks
+# from a process of one thread, as fork needs; the test process runs xdist's threads.
+FORKS = multiprocessing.get_context("forkserver")
+FORKS.set_forkserver_preload(["bn_repro.cli", "bn_repro.train.main", "tests.helpers"])
+
+
+def bn_repro(
+    *args, cwd: Path | None = None, env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """subprocess.run([BIN / "bn-repro", *args], capture_output=True, text=True, ...), forked
+    from the preloaded server. Commands that torchrun, srun or a signal must reach as a new
+    interpreter (several ranks, a killed run) start the console script instead."""
+    args = [str(arg) for arg in args]
+    environ = dict(os.environ if env is None else env)
+    with tempfile.TemporaryDirectory() as folder:
+        streams = (Path(folder, "stdout"), Path(folder, "stderr"))
+        child = FORKS.Process(target=_command, args=(args, cwd, environ, streams))
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(["bn-repro", *args], timeout)
+        output, errors = (path.read_text() for path in streams)
+    return subprocess.CompletedProcess(["bn-repro", *args], child.exitcode, output, errors)
+
+
+def _command(args: list[str], cwd: Path | None, environ: dict, streams: tuple) -> None:
+    """The console script's work in the forked child, through the interpreter's exit: the exit
+    status as sys.exit gives it, an uncaught exception's traceback, the atexit functions."""
+    from bn_repro.cli import main
+
+    os.environ.clear()
+    os.environ.update(environ)
+    if cwd is not None:
+        os.chdir(cwd)
+    for fd, path in zip((1, 2), streams, strict=True):
+        file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(file, fd)
+        os.close(file)
+    sys.argv = [str(BIN / "bn-repro"), *args]
+    try:
+        status = main(args)
+    except SystemExit as exit:
+        status = exit.code
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    if status is not None and not isinstance(status, int):
+        print(status, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status or 0)
 
 
 def kill_after_first_checkpoint(command: list, run_dir: Path) -> None:

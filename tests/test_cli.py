@@ -1,21 +1,18 @@
 """The `bn-repro` command as a user runs it."""
 
+import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from bn_repro.cli import main
-
-BN_REPRO = Path(sys.executable).with_name("bn-repro")  # the installed console script
+from tests.helpers import BIN, bn_repro
 
 
 def test_describe_prints_hyperparameters_and_ends_with_the_counts():
-    result = subprocess.run(
-        [BN_REPRO, "describe", "experiment=bn_x5"], capture_output=True, text=True, check=True
-    )
+    result = bn_repro("describe", "experiment=bn_x5")
+    assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "experiment: bn_x5"
     assert any(line.split()[:3] == ["learning", "rate", "0.0075"] for line in lines)
@@ -63,7 +60,7 @@ def test_describe_cfg_prints_the_resolved_config(capsys):
     ],
 )
 def test_user_errors_exit_2_with_a_message_not_a_traceback(command, overrides, expected):
-    result = subprocess.run([BN_REPRO, command, *overrides], capture_output=True, text=True)
+    result = bn_repro(command, *overrides)
     assert result.returncode == 2
     assert result.stderr.startswith(f"bn-repro {command}: ")
     assert expected in result.stderr
@@ -78,3 +75,18 @@ def test_describe_shows_the_bn_batch_apart_from_the_update(capsys):
     assert any(line.split()[:3] == ["global", "batch", "256"] for line in lines)
     assert main(["describe", "experiment=inception"]) == 0
     assert "  BN batch        - (no BN)" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("argv", [["describe", "experiment=bn_x5"], ["describe", "optim.lr=1"]])
+def test_a_forked_command_ends_as_the_console_script_does(argv, tmp_path):
+    # tests.helpers.bn_repro, which most tests run commands through, against the installed script
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    script = subprocess.run(
+        [BIN / "bn-repro", *argv], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    forked = bn_repro(*argv, cwd=tmp_path, env=env)
+    assert (forked.returncode, forked.stdout, forked.stderr) == (
+        script.returncode,
+        script.stdout,
+        script.stderr,
+    )

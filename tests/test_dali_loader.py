@@ -22,6 +22,7 @@ from bn_repro.schema import DaliDecode, DataFormat, DataLoaderKind
 from bn_repro.train.metrics import read_metrics
 from tests.helpers import (
     assert_same_records,
+    bn_repro,
     kill_after_first_checkpoint,
     on_small_set,
     run_config,
@@ -187,10 +188,10 @@ def test_training_with_dali_resumes_after_a_kill_as_if_never_killed(root, tmp_pa
         ]
 
     whole = tmp_path / "whole"
-    subprocess.run(command(whole), check=True, capture_output=True)
+    assert bn_repro(*command(whole)[1:]).returncode == 0
     killed = tmp_path / "killed"
     kill_after_first_checkpoint(command(killed), killed)
-    result = subprocess.run(command(killed), capture_output=True, text=True)
+    result = bn_repro(*command(killed)[1:])
     assert result.returncode == 0, result.stderr
     assert "resumed at optimizer step" in result.stderr
     assert_same_records(read_metrics(killed), read_metrics(whole))

@@ -15,7 +15,7 @@ from bn_repro.data.make_mini import MiniSpec
 from bn_repro.evaluate import evaluations
 from bn_repro.report import write_report
 from bn_repro.train.metrics import read_metrics
-from tests.helpers import BIN, on_small_set, prepared_set
+from tests.helpers import BIN, bn_repro, on_small_set, prepared_set
 
 pytestmark = pytest.mark.slow
 KEPT = ("metrics.jsonl", "config.json", "summary.json", "train.log", "effective_hparams.json")
@@ -42,7 +42,7 @@ def training(root: Path, run_dir: Path) -> list:
 @pytest.fixture(scope="module")
 def run(prepared_small, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("evaluate") / "bn_x5"
-    result = subprocess.run(training(prepared_small, run_dir), capture_output=True, text=True)
+    result = bn_repro(*training(prepared_small, run_dir)[1:])
     assert result.returncode == 0, result.stderr
     return run_dir
 
@@ -53,11 +53,12 @@ def added(run_dir: Path, before: list[dict]) -> list[dict]:
 
 
 def evaluate(*args, ranks: int = 1) -> subprocess.CompletedProcess:
-    command = [BIN / "bn-repro", "evaluate", *map(str, args)]
-    if ranks > 1:
+    if ranks == 1:
+        result = bn_repro("evaluate", *args)
+    else:
         command = [BIN / "torchrun", "--standalone", f"--nproc_per_node={ranks}", "--no-python"]
         command += [BIN / "bn-repro", "evaluate", *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return result
 

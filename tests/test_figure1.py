@@ -14,7 +14,7 @@ from bn_repro.report import write_report
 from bn_repro.report.runs import find_runs
 from bn_repro.schema import ConfigError
 from bn_repro.train.metrics import read_metrics
-from tests.helpers import BIN
+from tests.helpers import bn_repro
 from tests.test_report import record
 
 SHORT = [
@@ -29,12 +29,7 @@ HIDDEN = ("hidden1", "hidden2", "hidden3")
 
 
 def figure1(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [BIN / "bn-repro", "figure1", *SHORT, f"run_dir={run_dir}", *overrides],
-        capture_output=True,
-        text=True,
-        cwd=run_dir.parent,
-    )
+    return bn_repro("figure1", *SHORT, f"run_dir={run_dir}", *overrides, cwd=run_dir.parent)
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +93,7 @@ def test_a_trained_network_is_kept_and_other_settings_are_refused(trained):
 @pytest.mark.slow
 def test_the_report_draws_figure1_and_the_landscape(trained, tmp_path):
     out = tmp_path / "report"
-    result = subprocess.run(
-        [BIN / "bn-repro", "report", trained, "--out", out], capture_output=True, text=True
-    )
+    result = bn_repro("report", trained, "--out", out)
     assert result.returncode == 0, result.stderr
     for name in ("figure1.png", "figure1_landscape.png", "figure1.md"):
         assert (out / name).stat().st_size > 0

@@ -24,7 +24,7 @@ from bn_repro.train.checkpoint import checkpoints
 from bn_repro.train.metrics import read_metrics
 from scripts.local_nodes import NODE_INTERFACE, LocalNodes
 from scripts.local_slurm import SlurmError
-from tests.helpers import BIN, TINY, assert_same_records
+from tests.helpers import BIN, TINY, assert_same_records, bn_repro
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -239,18 +239,13 @@ def test_an_sbatch_job_across_two_nodes_ends_soon_after_a_rank_is_killed_and_res
 
 def test_a_submitit_job_across_two_nodes_keeps_the_records_of_one(env, one_node, tmp_path):
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            BIN / "bn-repro",
-            "train",
-            "-m",
-            *RUN,
-            f"run_dir={run_dir}",
-            f"hydra.sweep.dir={tmp_path}/sweep",
-            *SUBMITIT,
-        ],
-        capture_output=True,
-        text=True,
+    result = bn_repro(
+        "train",
+        "-m",
+        *RUN,
+        f"run_dir={run_dir}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        *SUBMITIT,
         cwd=tmp_path,
         env=env,
         timeout=WAIT_S,

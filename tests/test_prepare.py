@@ -22,6 +22,7 @@ from bn_repro.data import ilsvrc, units
 from bn_repro.data.make_mini import MiniSpec, make_mini
 from bn_repro.data.prepare import PrepareOptions, prepare
 from bn_repro.data.sources import PrepareError
+from tests.helpers import bn_repro
 
 BN_REPRO = Path(sys.executable).with_name("bn-repro")
 SPEC = MiniSpec(classes=12, train_per_class=16, val_per_class=5, size=40, seed=3)
@@ -307,11 +308,7 @@ def test_bad_sources_give_an_error_naming_what_is_wrong(mini, tmp_path, damage, 
                 fewer.addfile(member, full.extractfile(member))
     else:
         (source / ilsvrc.DEVKIT_ARCHIVE).unlink()
-    result = subprocess.run(
-        [BN_REPRO, "prepare", "--source", source, "--out", tmp_path / "out", "--workers", "1"],
-        capture_output=True,
-        text=True,
-    )
+    result = bn_repro("prepare", "--source", source, "--out", tmp_path / "out", "--workers", "1")
     assert result.returncode == 2
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.startswith("bn-repro prepare: ")

@@ -2,8 +2,6 @@
 
 import csv
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -12,8 +10,7 @@ import pytest
 from bn_repro.report import ReportError, write_report
 from bn_repro.report.runs import find_runs
 from bn_repro.report.tables import figure2_runs
-
-BN_REPRO = Path(sys.executable).with_name("bn-repro")
+from tests.helpers import bn_repro
 
 
 def record(
@@ -230,9 +227,7 @@ def test_a_corrupt_summary_or_record_is_skipped_with_a_warning(tmp_path, caplog)
 
 
 def test_no_runs_is_an_error_that_says_so(tmp_path):
-    result = subprocess.run(
-        [BN_REPRO, "report", tmp_path, "--out", tmp_path / "out"], capture_output=True, text=True
-    )
+    result = bn_repro("report", tmp_path, "--out", tmp_path / "out")
     assert result.returncode == 2 and "no runs (folders with a summary.json)" in result.stderr
 
 

@@ -24,7 +24,7 @@ from bn_repro.train.checkpoint import CheckpointError, checkpoints, load_latest,
 from bn_repro.train.lock import LOCK_NAME, STALE_AFTER_S, Holder, RunDirBusy, acquire
 from bn_repro.train.metrics import Records, read_metrics
 from bn_repro.train.signals import PREEMPTED, STOPPED, stop_code, stop_on_signals
-from tests.helpers import BIN, TINY
+from tests.helpers import BIN, TINY, bn_repro
 
 # A process that takes a run_dir and keeps it until killed.
 HOLD = (
@@ -338,12 +338,7 @@ def test_a_checkpoint_that_finds_the_disk_full_leaves_the_older_ones_whole(
 def test_an_empty_run_dir_or_no_validation_images_is_refused_before_anything_is_written(
     tmp_path, override, key
 ):
-    result = subprocess.run(
-        [BIN / "bn-repro", "train", "experiment=bn_x5", "data=synthetic", override],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    result = bn_repro("train", "experiment=bn_x5", "data=synthetic", override, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith(f"bn-repro train: {key} ")
     assert "Traceback" not in result.stderr

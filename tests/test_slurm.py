@@ -18,7 +18,7 @@ import pytest
 from bn_repro.train.checkpoint import checkpoints
 from bn_repro.train.metrics import read_metrics
 from scripts.local_slurm import LocalSlurm
-from tests.helpers import BIN, TINY, assert_same_records
+from tests.helpers import BIN, TINY, assert_same_records, bn_repro
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -69,20 +69,15 @@ def env(cluster) -> dict:
 def sweep(env, tmp_path_factory) -> Path:
     """Two variants and a bad batch (0 images per rank): four jobs."""
     work = tmp_path_factory.mktemp("sweep")
-    result = subprocess.run(
-        [
-            BIN / "bn-repro",
-            "train",
-            "-m",
-            *SHORT,
-            "experiment=bn_baseline,bn_x5",
-            "trainer.batch_per_rank=8,0",
-            f"run_dir={work}/${{name}}/batch${{trainer.batch_per_rank}}",
-            f"hydra.sweep.dir={work}/sweep",
-            *SUBMITIT,
-        ],
-        capture_output=True,
-        text=True,
+    result = bn_repro(
+        "train",
+        "-m",
+        *SHORT,
+        "experiment=bn_baseline,bn_x5",
+        "trainer.batch_per_rank=8,0",
+        f"run_dir={work}/${{name}}/batch${{trainer.batch_per_rank}}",
+        f"hydra.sweep.dir={work}/sweep",
+        *SUBMITIT,
         cwd=work,
         env=env,
         timeout=WAIT_S,

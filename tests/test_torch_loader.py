@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import torch
 from bn_repro.data import build_data
 from bn_repro.data.prepared import open_prepared
 from bn_repro.schema import ConfigError, DataFormat, DataLoaderKind
-from tests.helpers import on_small_set, run_config, share
+from tests.helpers import bn_repro, on_small_set, run_config, share
 
 
 @pytest.fixture
@@ -95,19 +93,14 @@ def test_a_prepared_set_opens_with_its_manifests_split_sizes(root):
 @pytest.mark.slow
 def test_training_on_the_prepared_benchmark(root, tmp_path):
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            Path(sys.executable).with_name("bn-repro"),
-            "train",
-            *on_small_set(root),
-            "data.loader=torch",
-            "trainer.max_paper_steps=4",
-            "trainer.population_batches=4",
-            "trainer.eval_every_paper_steps=2",
-            f"run_dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
+    result = bn_repro(
+        "train",
+        *on_small_set(root),
+        "data.loader=torch",
+        "trainer.max_paper_steps=4",
+        "trainer.population_batches=4",
+        "trainer.eval_every_paper_steps=2",
+        f"run_dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())

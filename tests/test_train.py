@@ -13,7 +13,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bn_repro.train.checkpoint import checkpoints
 from bn_repro.train.metrics import read_metrics, tensorboard_step, tensorboard_tag
-from tests.helpers import BIN, TINY, assert_same_records, kill_after_first_checkpoint, model_of
+from tests.helpers import (
+    BIN,
+    TINY,
+    assert_same_records,
+    bn_repro,
+    kill_after_first_checkpoint,
+    model_of,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +33,8 @@ def command(run_dir: Path, *overrides: str, ranks: int = 1) -> list:
 
 
 def train(run_dir: Path, *overrides: str, ranks: int = 1) -> subprocess.CompletedProcess:
+    if ranks == 1:
+        return bn_repro("train", *TINY, f"run_dir={run_dir}", *overrides, cwd=run_dir.parent)
     return subprocess.run(
         command(run_dir, *overrides, ranks=ranks),
         capture_output=True,
@@ -189,19 +198,14 @@ def test_two_ranks_train_as_one_process_with_their_joint_batch(tmp_path):
 
 
 def test_a_diverging_run_ends_cleanly_and_the_sweep_goes_on(tmp_path):
-    result = subprocess.run(
-        [
-            BIN / "bn-repro",
-            "train",
-            "-m",
-            *TINY,
-            "experiment=inception",
-            "optim.lr_multiplier=10000,1",
-            f"run_dir={tmp_path}/lr_x${{optim.lr_multiplier}}",
-            f"hydra.sweep.dir={tmp_path}/sweep",
-        ],
-        capture_output=True,
-        text=True,
+    result = bn_repro(
+        "train",
+        "-m",
+        *TINY,
+        "experiment=inception",
+        "optim.lr_multiplier=10000,1",
+        f"run_dir={tmp_path}/lr_x${{optim.lr_multiplier}}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -238,20 +242,15 @@ def test_checkpoints_by_time_keep_the_last_few(tmp_path):
 
 
 def test_a_job_with_a_bad_setting_fails_alone_in_a_sweep(tmp_path):
-    result = subprocess.run(
-        [
-            BIN / "bn-repro",
-            "train",
-            "-m",
-            *TINY,
-            "experiment=bn_x5",
-            "trainer.max_paper_steps=5",
-            "optim.momentum=2,0.9",
-            f"run_dir={tmp_path}/momentum${{optim.momentum}}",
-            f"hydra.sweep.dir={tmp_path}/sweep",
-        ],
-        capture_output=True,
-        text=True,
+    result = bn_repro(
+        "train",
+        "-m",
+        *TINY,
+        "experiment=bn_x5",
+        "trainer.max_paper_steps=5",
+        "optim.momentum=2,0.9",
+        f"run_dir={tmp_path}/momentum${{optim.momentum}}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
         cwd=tmp_path,
     )
     assert "bn-repro train: optim.momentum must lie in [0, 1], got 2.0" in result.stderr
