@@ -21,6 +21,7 @@ from bn_repro.data.dali_loader import resize_shorter
 from bn_repro.schema import DaliDecode, DataFormat, DataLoaderKind
 from bn_repro.train.metrics import read_metrics
 from tests.helpers import (
+    BIN,
     assert_same_records,
     bn_repro,
     kill_after_first_checkpoint,
@@ -165,9 +166,8 @@ def test_the_gpu_validation_resize_keeps_torchvisions_sizes_and_pixels():
 
 @pytest.mark.slow
 def test_training_with_dali_resumes_after_a_kill_as_if_never_killed(root, tmp_path):
-    def command(run_dir: Path) -> list:
+    def training(run_dir: Path) -> list:
         return [
-            Path(sys.executable).with_name("bn-repro"),
             "train",
             "experiment=bn_baseline",
             "data=mini",
@@ -188,10 +188,10 @@ def test_training_with_dali_resumes_after_a_kill_as_if_never_killed(root, tmp_pa
         ]
 
     whole = tmp_path / "whole"
-    assert bn_repro(*command(whole)[1:]).returncode == 0
+    assert bn_repro(*training(whole)).returncode == 0
     killed = tmp_path / "killed"
-    kill_after_first_checkpoint(command(killed), killed)
-    result = bn_repro(*command(killed)[1:])
+    kill_after_first_checkpoint([BIN / "bn-repro", *training(killed)], killed)
+    result = bn_repro(*training(killed))
     assert result.returncode == 0, result.stderr
     assert "resumed at optimizer step" in result.stderr
     assert_same_records(read_metrics(killed), read_metrics(whole))

@@ -24,7 +24,6 @@ KEPT = ("metrics.jsonl", "config.json", "summary.json", "train.log", "effective_
 def training(root: Path, run_dir: Path) -> list:
     # 24 steps of 8 images on 144 (an epoch is 18 batches), then Algorithm 2 over 4 batches.
     return [
-        BIN / "bn-repro",
         "train",
         *on_small_set(root),
         "data.dali_device=cpu",
@@ -42,7 +41,7 @@ def training(root: Path, run_dir: Path) -> list:
 @pytest.fixture(scope="module")
 def run(prepared_small, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("evaluate") / "bn_x5"
-    result = bn_repro(*training(prepared_small, run_dir)[1:])
+    result = bn_repro(*training(prepared_small, run_dir))
     assert result.returncode == 0, result.stderr
     return run_dir
 

@@ -25,8 +25,12 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 
 
+def training(run_dir: Path, *overrides: str) -> list:
+    return ["train", *TINY, f"run_dir={run_dir}", *overrides]
+
+
 def command(run_dir: Path, *overrides: str, ranks: int = 1) -> list:
-    train = [BIN / "bn-repro", "train", *TINY, f"run_dir={run_dir}", *overrides]
+    train = [BIN / "bn-repro", *training(run_dir, *overrides)]
     if ranks == 1:
         return train
     return [BIN / "torchrun", "--standalone", f"--nproc_per_node={ranks}", "--no-python", *train]
@@ -34,7 +38,7 @@ def command(run_dir: Path, *overrides: str, ranks: int = 1) -> list:
 
 def train(run_dir: Path, *overrides: str, ranks: int = 1) -> subprocess.CompletedProcess:
     if ranks == 1:
-        return bn_repro("train", *TINY, f"run_dir={run_dir}", *overrides, cwd=run_dir.parent)
+        return bn_repro(*training(run_dir, *overrides), cwd=run_dir.parent)
     return subprocess.run(
         command(run_dir, *overrides, ranks=ranks),
         capture_output=True,
