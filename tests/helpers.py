@@ -67,7 +67,19 @@ def model_of(experiment: str, *overrides: str, num_classes: int = 1000) -> nn.Mo
 # skips the seconds that importing torch, torchvision, DALI and Hydra take. The forkserver forks
 # from a process of one thread, as fork needs; the test process runs xdist's threads.
 FORKS = multiprocessing.get_context("forkserver")
-FORKS.set_forkserver_preload(["bn_repro.cli", "bn_repro.train.main", "tests.helpers"])
+# The commands' modules, and the loaders' (torchvision, DALI) that each imports when it runs.
+FORKS.set_forkserver_preload(
+    [
+        "bn_repro.cli",
+        "bn_repro.train.main",
+        "bn_repro.evaluate.run",
+        "bn_repro.bench.train",
+        "bn_repro.bench.loader",
+        "bn_repro.data.torch_loader",
+        "bn_repro.data.dali_loader",
+        "tests.helpers",
+    ]
+)
 
 
 def bn_repro(

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from bn_repro.compose import experiments
-from bn_repro.data.augment import MEAN, STD
+from bn_repro.data.normalize import MEAN, STD
 from bn_repro.hparams import effective_hparams
 from bn_repro.models import build_model
 from bn_repro.schema import ConfigError, Device

@@ -16,8 +16,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from bn_repro.compose import experiments
 from bn_repro.data import build_data
-from bn_repro.data.augment import MEAN, STD
 from bn_repro.data.make_mini import MiniSpec
+from bn_repro.data.normalize import MEAN, STD
 from bn_repro.data.synthetic import SyntheticData
 from bn_repro.hparams import effective_hparams
 from bn_repro.models import build_model

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from bn_repro.data import Share, build_data
-from bn_repro.data.augment import MEAN, STD
+from bn_repro.data.normalize import MEAN, STD
 from bn_repro.data.prepared import open_prepared
 from bn_repro.data.sharding import CPU
 from bn_repro.schema import ConfigError, DaliDevice, DataConfig, DataLoaderKind

@@ -7,7 +7,6 @@ from typing import Protocol
 
 from bn_repro.data.sharding import Share
 from bn_repro.data.synthetic import Batch, SyntheticData
-from bn_repro.data.torch_loader import TorchData
 from bn_repro.schema import ConfigError, DaliDevice, DataConfig, DataKind, DataLoaderKind
 
 
@@ -43,6 +42,8 @@ def build_data(cfg: DataConfig, share: Share, state: dict | None = None) -> Data
             " (for ILSVRC2012: bn-repro prepare --source ARCHIVES --out DIR, then data.root=DIR)"
         )
     if cfg.loader is DataLoaderKind.torch:
+        from bn_repro.data.torch_loader import TorchData  # torchvision only when asked for
+
         return TorchData(cfg, share)
     from bn_repro.data.dali_loader import DaliData  # DALI only when asked for
 

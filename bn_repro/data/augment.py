@@ -1,5 +1,5 @@
 """The training and validation transforms, in one place for every loader to match. Loaders
-yield uint8 images (N, H, W, 3); the trainer normalizes them on its device (normalize).
+yield uint8 images (N, H, W, 3); the trainer normalizes them on its device (normalize.py).
 
 Inception's recipe (Szegedy et al. 2014, Sec. 6): random crops of 8-100% of the area at aspect
 ratios 3/4-4/3, horizontal flips and photometric distortions (distort.py, TF-slim's, written once
@@ -21,21 +21,6 @@ from bn_repro.schema import Photometric
 CROP_AREA = (0.08, 1.0)
 CROP_ASPECT = (3 / 4, 4 / 3)
 VAL_CROP_FRACTION = 0.875  # the centre crop covers 87.5% of the resized image (TF-slim)
-MEAN = (0.485, 0.456, 0.406)  # ImageNet's channel statistics; the paper gives none
-STD = (0.229, 0.224, 0.225)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """The loaders' uint8 (N, H, W, 3) -> float (N, 3, H, W), normalized by MEAN and STD, in
-    channels_last memory. On the training device: a host ships a quarter of the bytes."""
-    mean, std = _channel_stats(images.device)
-    return images.permute(0, 3, 1, 2).float().sub_(mean).div_(std)
-
-
-@functools.cache
-def _channel_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # made once per device: a copy to the GPU inside a step would make the host wait
-    return tuple(255 * torch.tensor(v).view(1, 3, 1, 1).to(device) for v in (MEAN, STD))
 
 
 def resize(image: torch.Tensor, size: list[int]) -> torch.Tensor:

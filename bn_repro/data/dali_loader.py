@@ -11,7 +11,7 @@ operators on the GPU, by torch on the CPU), the validation resize-then-centre-cr
 rounding, all with antialiased bilinear interpolation. The random crops are DALI's: the same
 area and aspect ranges and 10 attempts, sampled (and replaced after 10 misses) as DALI samples
 them, from its generators, not torch's. Images leave as uint8 (N, H, W, 3); the trainer
-normalizes them on its device (augment.normalize)."""
+normalizes them on its device (normalize.py)."""
 
 import logging
 from collections.abc import Iterator

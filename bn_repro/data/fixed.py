@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bn_repro.data.augment import val_transform
 from bn_repro.data.prepared import folder_items, read_manifest, shard_items
 from bn_repro.data.synthetic import Batch, SyntheticData
 from bn_repro.schema import ConfigError, DataConfig
@@ -25,6 +24,8 @@ def fixed_train_batch(cfg: DataConfig, data, seed: int, count: int) -> Batch:
     if isinstance(data, SyntheticData):
         chosen = _draw(len(data.train_labels), count, generator).to(data.train_images.device)
         return data.train_images[chosen], data.train_labels[chosen]
+    from bn_repro.data.augment import val_transform  # torchvision only for a prepared set
+
     root = Path(cfg.root)
     manifest = read_manifest(root)
     # the folder tree lists faster than the shards' index files, where both were prepared

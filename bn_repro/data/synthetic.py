@@ -14,7 +14,7 @@ from bn_repro.data.sharding import (
 )
 from bn_repro.schema import ConfigError, DataConfig, Shuffle
 
-# images: uint8 (N, H, W, 3) from the loaders, normalized on the device (augment.normalize), or
+# images: uint8 (N, H, W, 3) from the loaders, normalized on the device (normalize.py), or
 # float (N, 3, H, W) ready for the model (synthetic); labels (N,)
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bn_repro.data.augment import normalize
 from bn_repro.data.multicrop import mean_probability, views
+from bn_repro.data.normalize import normalize
 from bn_repro.train.compute import Compute
 from bn_repro.train.evaluation import fp32
 

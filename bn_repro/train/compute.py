@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bn_repro.data.augment import normalize
+from bn_repro.data.normalize import normalize
 from bn_repro.schema import ConfigError, Precision, RunConfig
 from bn_repro.train.distributed import Dist
 from bn_repro.train.optim import is_fused
