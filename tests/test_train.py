@@ -333,20 +333,20 @@ def test_a_resumed_run_updates_with_the_kernels_its_device_chose(uninterrupted, 
 
 
 def test_one_process_of_bn_groups_trains_what_as_many_ranks_of_one_group_train(tmp_path):
-    # 256 images in BN groups of 32 on one process against 8 gloo ranks of 32: the same 8 groups
+    # 128 images in BN groups of 32 on one process against 4 gloo ranks of 32: the same 4 groups
     # of the same images (a rank takes its slice of each global batch), each normalized alone,
     # the gradients averaged, the running averages too; equal but for float rounding (other
-    # summation orders) after 3 steps. Grouping switched off (BN over all 256) trains another
-    # network: the tolerance is a hundredth of its distance (measured: a 2,600th). The sigmoid
+    # summation orders) after 3 steps. Grouping switched off (BN over all 128) trains another
+    # network: the tolerance is a hundredth of its distance (measured: a 32,000th). The sigmoid
     # variant, because ReLU and max pooling make the ReLU networks' gradients discontinuous:
     # measured in fp64, a 1e-7 relative change of bn_x5's inputs changes its gradients by 0.7%,
     # so that any two summation orders part within two steps (a 3rd of that distance after 3).
-    # 16-pixel images (1x1 maps from 3c on): 7 s a run of one process.
-    steps = ("experiment=bn_x5_sigmoid", "trainer.max_paper_steps=24", "data.image_size=16")
+    # 16-pixel images (1x1 maps from 3c on), 3 steps of 128: the few seconds of each run.
+    steps = ("experiment=bn_x5_sigmoid", "trainer.max_paper_steps=12", "data.image_size=16")
     steps += ("trainer.probe_images=0",)
-    every = [f"trainer.{key}_every_paper_steps={n}" for key, n in (("log", 8), ("eval", 24))]
-    once = ["trainer.checkpoint_every_paper_steps=24", "trainer.population_batches=1"]
-    runs = {"grouped": (1, 256, 32), "ranks": (8, 32, 32), "whole": (1, 256, 256)}
+    every = [f"trainer.{key}_every_paper_steps={n}" for key, n in (("log", 4), ("eval", 12))]
+    once = ["trainer.checkpoint_every_paper_steps=12", "trainer.population_batches=1"]
+    runs = {"grouped": (1, 128, 32), "ranks": (4, 32, 32), "whole": (1, 128, 128)}
     for name, (ranks, batch, bn_batch) in runs.items():
         sizes = (f"trainer.batch_per_rank={batch}", f"trainer.bn_batch={bn_batch}")
         result = train(tmp_path / name, *steps, *every, *once, *sizes, ranks=ranks)
@@ -363,7 +363,7 @@ def test_one_process_of_bn_groups_trains_what_as_many_ranks_of_one_group_train(t
     done = [summary(tmp_path / name) for name in runs]
     assert [s["final_bn_stats"] for s in done] == ["population"] * 3  # Algorithm 2 over groups
     batches = [(s["bn_batch"], s["batch_per_rank"], s["global_batch"]) for s in done]
-    assert batches == [(32, 256, 256), (32, 32, 256), (256, 256, 256)]
+    assert batches == [(32, 128, 128), (32, 32, 128), (128, 128, 128)]
 
 
 def distance(a: dict, b: dict) -> float:
