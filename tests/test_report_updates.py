@@ -216,7 +216,7 @@ def test_the_trainer_records_the_update_and_the_synthetic_set_in_the_summary():
         "val_size": 101,
         "noise": 3.0,
         "seed": 0,
-        "image_size": 32,
+        "image_size": 16,
         "num_classes": 10,
     }
     bf16 = Compute(torch.device("cpu"), torch.bfloat16, channels_last=False)
