@@ -68,9 +68,11 @@ def model_of(experiment: str, *overrides: str, num_classes: int = 1000) -> nn.Mo
 # skips the seconds that importing torch, torchvision, DALI and Hydra take. The forkserver forks
 # from a process of one thread, as fork needs; the test process runs xdist's threads.
 FORKS = multiprocessing.get_context("forkserver")
-# The commands' modules, and the loaders' (torchvision, DALI) that each imports when it runs.
+# The commands' modules, and what each imports when it runs: the loaders' (torchvision, DALI),
+# and torch._dynamo, which DDP imports at its first use (train/distributed.py).
 FORKS.set_forkserver_preload(
     [
+        "torch._dynamo",
         "bn_repro.cli",
         "bn_repro.train.main",
         "bn_repro.evaluate.run",

@@ -57,8 +57,8 @@ def test_help_and_config_errors_import_no_torch_dali_or_matplotlib(argv):
 
 
 def test_a_training_on_synthetic_data_imports_no_torchvision(tmp_path):
-    # torchvision imports torch._dynamo (seconds): a run pays for it only where it reads images
-    # through torchvision's transforms
+    # torchvision, its models and ops, is imported only where a run reads images through its
+    # transforms
     run = [*TINY, "experiment=bn_x5", "trainer.max_paper_steps=1", f"run_dir={tmp_path}"]
     code = f"from bn_repro.cli import main\nassert not main({json.dumps(['train', *run])})"
     assert "torchvision" not in imported_after(code)
