@@ -27,6 +27,7 @@ RUN_GPU_TESTS_ALONE = (
 # test_bad_sources.py): their tests are slow, out of `make test-fast`. prepared_small, 174 images
 # of 40 pixels made once a session, is not.
 GENERATES_ARCHIVES = {"mini", "prepared"}
+MARKS = ("slurm", "slow")  # heaviest_first's measures of a module's work, the first the most
 
 
 def pytest_itemcollected(item):
@@ -35,21 +36,40 @@ def pytest_itemcollected(item):
 
 
 # Under pytest-xdist (make test), each module's tests run on one worker, where its module fixtures
-# (a trained run, a prepared set, a local SLURM) are made once; xdist hands out the modules with
-# the most tests first.
+# (a trained run, a prepared set, a local SLURM) are made once; xdist hands out the modules in the
+# order of the session's items (heaviest_first), not its own (the most tests first).
 @pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown without it (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadFileScheduling
 
+    config.option.loadscopereorder = False
     return LoadFileScheduling(config, log)
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config, items):
+    items[:] = heaviest_first(items)
     if items and all(item.get_closest_marker("gpu") for item in items):
         _gpu_session(items)
     else:
         _cpu_session(items)
+
+
+def heaviest_first(items: list) -> list:
+    """The items module by module, the modules that hold the most work first, as their markers
+    tell it: the most SLURM tests, then the most slow ones, then the most tests. A worker that
+    ends its module early takes the next, so the long modules start at once and the short ones
+    fill in at the end; started last, one would leave the other worker idle while it runs."""
+    modules: dict[Path, list] = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+
+    def work(tests: list) -> tuple[int, int, int]:
+        marked = [sum(bool(test.get_closest_marker(name)) for test in tests) for name in MARKS]
+        return (*marked, len(tests))
+
+    ordered = sorted(modules.values(), key=work, reverse=True)  # stable: ties keep their order
+    return [item for tests in ordered for item in tests]
 
 
 def _gpu_session(items) -> None:

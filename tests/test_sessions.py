@@ -140,3 +140,24 @@ def test_under_xdist_each_module_stays_on_one_worker(pytester):
     # and without xdist, the scheduler's hook is no error (-p no:xdist, or xdist not installed)
     alone = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
     alone.assert_outcomes(passed=12)
+
+
+@pytest.mark.slow
+def test_under_xdist_the_modules_with_the_most_work_go_first(pytester):
+    # the SLURM tests, then the most slow ones, then the most tests (conftest.heaviest_first),
+    # not xdist's own order (the most tests first)
+    pytester.makeconftest(Path(__file__).with_name("conftest.py").read_text())
+    marks = "gpu: CUDA\n    slow: long\n    slurm: SLURM"
+    pytester.makeini(f"[pytest]\naddopts = --strict-markers\nmarkers =\n    {marks}")
+    modules = {"test_plain": ("", 3), "test_slow": ("slow", 1), "test_slurm": ("slurm", 1)}
+    modules |= {"test_few": ("", 2), "test_slow_two": ("slow", 2)}
+    for module, (mark, count) in modules.items():
+        marked = f"@pytest.mark.{mark}\n" if mark else ""
+        tests = "\n\n".join(f"{marked}def test_{n}():\n    pass\n" for n in range(count))
+        pytester.makepyfile(**{module: "import pytest\n\n\n" + tests})
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "1", "-v")
+    result.assert_outcomes(passed=9)
+    ran = [line.split("::")[0].split()[-1] for line in result.outlines if " PASSED " in line]
+    order = list(dict.fromkeys(ran))
+    expected = ["test_slurm", "test_slow_two", "test_slow", "test_plain", "test_few"]
+    assert order == [f"{name}.py" for name in expected]
