@@ -91,7 +91,7 @@ def _cpu_session(items) -> None:
             "CUDA started before the CPU suite could hide the GPUs (a test module touches CUDA"
             " at import): move that call into its test"
         )
-    # One thread a process, its trainers' too: the suite's networks are tiny (32 pixels), where
+    # One thread a process, its trainers' too: the suite's networks are tiny (16-32 pixels), where
     # a second thread costs more in synchronization than it gains, and a test process beside
     # the runs it starts (two ranks each, some) would otherwise ask for more threads than the
     # machine has cores, each spinning while it waits for the others: steps of bn_x5 at 32

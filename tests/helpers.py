@@ -22,7 +22,7 @@ from bn_repro.train.checkpoint import checkpoints
 
 BIN = Path(sys.executable).parent  # the environment's bn-repro and torchrun
 TIMING = ("images_per_s", "data_wait", "probe_s")
-# 40 paper steps of 32 images in optimizer steps of 8: 160 steps of a 32-pixel Inception.
+# 40 paper steps of 32 images in optimizer steps of 8: 160 steps of a 16-pixel Inception.
 TINY = [
     "data=synthetic",
     "data.synthetic.train_size=256",
